@@ -1,0 +1,206 @@
+"""The ``colorize`` command line: a thin layer over the library (torch is imported only inside commands)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+DEFAULT_COMMAND = "run"
+
+
+class DefaultGroup(click.Group):
+    """A group whose first argument, when it names no subcommand, goes to the default command.
+
+    So ``colorize ./old_photos`` and ``colorize train vae ...`` both work; a folder literally named like a
+    subcommand stays reachable as ``./train``.
+    """
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [DEFAULT_COMMAND, *args]
+        elif not args:
+            args = [DEFAULT_COMMAND]
+        return super().parse_args(ctx, args)
+
+
+def _device_option(f):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto, cpu, cuda or cuda:N")(f)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="colorize")
+def main():
+    """Diverse colorizations of black-and-white photos (Deshpande et al., CVPR 2017).
+
+    \b
+    colorize PATH... [--samples 8]     colorize photos and folders (the default command)
+    colorize train vae|mdn DATA ...    the paper's two training stages
+    colorize evaluate DATA ...         metrics on held-out colour photos
+    """
+
+
+def _resolve_device(spec: str):
+    from .device import DeviceError, resolve_device
+
+    try:
+        return resolve_device(spec)
+    except DeviceError as err:
+        raise click.BadParameter(str(err), param_hint="--device") from err
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+class _RichReporter:
+    """Training progress: a rich bar on a terminal, plain lines otherwise (logs, cron)."""
+
+    def __init__(self):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.interactive = self.console.is_terminal
+
+    def log(self, message: str) -> None:
+        if self.interactive:
+            self.console.print(message, highlight=False, markup=False)
+        else:
+            click.echo(message, err=True)
+
+    warn = log
+
+    def progress(self, total: int, description: str):
+        if not self.interactive:
+            return _PlainProgress(total, description)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+                        console=self.console, transient=True)
+        prog.start()
+        task = prog.add_task(description, total=total, loss=float("nan"))
+
+        class Handle:
+            def advance(self, n=1, **info):
+                prog.update(task, advance=n, **info)
+
+            def close(self):
+                prog.stop()
+
+        return Handle()
+
+
+class _PlainProgress:
+    def __init__(self, total: int, description: str):
+        self.total, self.description, self.count = total, description, 0
+        self.step = max(total // 10, 1)
+
+    def advance(self, n=1, **info):
+        self.count += n
+        if self.count % self.step == 0 and self.count < self.total:
+            extra = " ".join(f"{k} {v:.4f}" for k, v in info.items())
+            click.echo(f"{self.description}: {self.count}/{self.total} {extra}", err=True)
+
+    def close(self):
+        pass
+
+
+def _train_options(f):
+    options = [
+        click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path)),
+        click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="run folder (vae.pt, mdn.pt, log.jsonl, samples/)"),
+        click.option("--list", "train_list", type=click.Path(exists=True, dir_okay=False),
+                     help="file of training image paths relative to DATA (default: walk DATA)"),
+        click.option("--test-list", type=click.Path(exists=True, dir_okay=False),
+                     help="file of test image paths relative to DATA"),
+        click.option("--epochs", type=click.IntRange(1), default=None, help="epochs (default: the stage's)"),
+        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
+        click.option("--lr", type=float, default=None, help="Adam learning rate (default: the stage's)"),
+        click.option("--seed", type=int, default=0, show_default=True),
+        _device_option,
+        click.option("--bf16/--no-bf16", default=None,
+                     help="bf16 autocast (default: on for CUDA and for CPUs with AMX/AVX512-BF16)"),
+        click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint"),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="where decoded images and VGG features are cached (default: RUN/cache)"),
+        click.option("--max-images", type=click.IntRange(1), default=None, hidden=True),
+        click.option("--jobs", type=int, default=-1, show_default=True, help="decode workers (joblib)"),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _bf16_default(bf16, device) -> bool:
+    from .device import cpu_has_fast_bf16
+
+    if bf16 is not None:
+        return bf16
+    return device.type == "cuda" or cpu_has_fast_bf16()
+
+
+@main.group()
+def train():
+    """The paper's two training stages: ``train vae`` first, then ``train mdn``."""
+
+
+@train.command("vae")
+@_train_options
+@click.option("--kl-weight", type=float, default=1e-2, show_default=True)
+@click.option("--prior", type=click.Choice(["zhang", "data"]), default="zhang", show_default=True,
+              help="class-rebalancing prior of the loss weights: Zhang's ImageNet prior (the seed's) or counted "
+                   "from the training images")
+def train_vae_cmd(data, out, train_list, test_list, epochs, batch_size, lr, seed, device, bf16, resume,
+                  cache_dir, max_images, jobs, kl_weight, prior):
+    """Stage 1: train the conditional VAE on the colour images in DATA."""
+    from .train import VAE_DEFAULTS, DataSpec, TrainConfig, train_vae
+
+    dev = _resolve_device(device)
+    cfg = TrainConfig(epochs=epochs or VAE_DEFAULTS.epochs, batch_size=batch_size, lr=lr or VAE_DEFAULTS.lr,
+                      kl_weight=kl_weight, prior=prior, bf16=_bf16_default(bf16, dev), seed=seed,
+                      max_images=max_images)
+    spec = DataSpec(str(data), train_list, test_list, cache_dir, jobs)
+    _run_training(lambda rep: train_vae(spec, out, cfg, dev, rep, resume))
+
+
+@train.command("mdn")
+@_train_options
+@click.option("--vae", "vae_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="the stage-1 checkpoint (default: RUN/vae.pt)")
+@click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="VGG16 features state_dict (default: $COLORIZE_VGG_WEIGHTS, else torchvision's)")
+def train_mdn_cmd(data, out, train_list, test_list, epochs, batch_size, lr, seed, device, bf16, resume,
+                  cache_dir, max_images, jobs, vae_path, vgg_weights):
+    """Stage 2: train the MDN from VGG features of the grey images to the frozen CVAE's latent space."""
+    from .train import MDN_DEFAULTS, DataSpec, TrainConfig, train_mdn
+
+    dev = _resolve_device(device)
+    cfg = TrainConfig(epochs=epochs or MDN_DEFAULTS.epochs, batch_size=batch_size, lr=lr or MDN_DEFAULTS.lr,
+                      bf16=_bf16_default(bf16, dev), seed=seed, max_images=max_images)
+    spec = DataSpec(str(data), train_list, test_list, cache_dir, jobs)
+    _run_training(lambda rep: train_mdn(spec, out, cfg, dev, vae_path, vgg_weights, rep, resume))
+
+
+def _run_training(job) -> None:
+    from .checkpoint import CheckpointError
+    from .vgg import VGGWeightsError
+
+    reporter = _RichReporter()
+    try:
+        path = job(reporter)
+    except (VGGWeightsError, CheckpointError, FileExistsError, ValueError) as err:
+        click.echo(f"colorize: error: {err}", err=True)
+        sys.exit(2 if isinstance(err, FileExistsError) else 1)
+    except KeyboardInterrupt:
+        click.echo("colorize: interrupted; continue with --resume", err=True)
+        sys.exit(130)
+    reporter.log(f"wrote {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

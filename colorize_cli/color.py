@@ -1,0 +1,163 @@
+"""Colour space conversions and the ab gamut: the one place that knows the Lab conventions.
+
+Convention (the seed's): OpenCV 8-bit Lab (L*255/100, a+128, b+128) mapped to [-1, 1] by ``x*2/255-1``.
+So a normalised ab value times 128 is (almost exactly) CIE a*/b* in its usual units.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import cv2
+import numpy as np
+
+#: model working sizes (H, W)
+CVAE_SIZE = 64
+VGG_SIZE = 224
+#: normalised ab -> CIE ab units, as the seed's loss-weight lookup does (``img_vec * 128``)
+AB_SCALE = 128.0
+#: the gamut grid spacing in CIE ab units (Zhang et al.)
+GAMUT_GRID = 10
+
+
+def normalize_u8(x: np.ndarray) -> np.ndarray:
+    """uint8 Lab (OpenCV) -> float32 in [-1, 1]."""
+    return x.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+
+
+def denormalize_u8(x: np.ndarray) -> np.ndarray:
+    """float [-1, 1] -> uint8 0..255 with rounding and clipping."""
+    return np.clip((np.asarray(x, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def bgr_to_lab(bgr: np.ndarray) -> np.ndarray:
+    """BGR uint8 (H, W, 3) -> normalised Lab float32 (H, W, 3) in [-1, 1]."""
+    return normalize_u8(cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB))
+
+
+def lab_to_bgr(lab: np.ndarray) -> np.ndarray:
+    """Normalised Lab float (H, W, 3) -> BGR uint8 (H, W, 3)."""
+    return cv2.cvtColor(denormalize_u8(lab), cv2.COLOR_LAB2BGR)
+
+
+def l_ab_to_bgr(l_u8: np.ndarray, ab: np.ndarray) -> np.ndarray:
+    """Full-resolution L (uint8 OpenCV scale, (H, W)) + normalised ab (H, W, 2) -> BGR uint8."""
+    lab = np.empty(l_u8.shape + (3,), np.uint8)
+    lab[..., 0] = l_u8
+    lab[..., 1:] = denormalize_u8(ab)
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+
+
+@lru_cache(maxsize=1)
+def _grey_lut() -> np.ndarray:
+    # (256,) uint8: the sRGB grey value whose OpenCV L equals the index (ab = 128, i.e. neutral)
+    lab = np.full((1, 256, 3), 128, np.uint8)
+    lab[0, :, 0] = np.arange(256, dtype=np.uint8)
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)[0, :, 1].copy()
+
+
+def grey_from_l(l_u8: np.ndarray) -> np.ndarray:
+    """The achromatic sRGB image (uint8, same shape) with the given OpenCV L channel.
+
+    Training (colour photos) and inference (grey photos) both feed VGG this, so the network sees the
+    same kind of grey image in both.
+    """
+    return _grey_lut()[l_u8]
+
+
+def load_data_array(name: str) -> np.ndarray:
+    with resources.files("colorize_cli").joinpath("data", name).open("rb") as f:
+        return np.load(f, allow_pickle=False)
+
+
+@lru_cache(maxsize=1)
+def gamut_centres() -> np.ndarray:
+    """(313, 2) float32 in-gamut ab bin centres (CIE units), the bundled copy of Zhang's pts_in_hull."""
+    return load_data_array("pts_in_hull.npy").astype(np.float32)
+
+
+def generate_gamut_centres(grid: int = GAMUT_GRID) -> np.ndarray:
+    """Centres of a ``grid``-unit ab grid whose cell holds some sRGB colour (regenerates the 313 bins).
+
+    Every sRGB colour is converted to Lab; a grid cell counts when any colour rounds into it.
+    """
+    v = np.arange(0, 256, 3, dtype=np.uint8)
+    b, g, r = np.meshgrid(v, v, v, indexing="ij")
+    bgr = np.stack([b, g, r], -1).reshape(1, -1, 3).astype(np.float32) / 255.0
+    lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB).reshape(-1, 3)
+    cells = np.unique(np.round(lab[:, 1:] / grid).astype(np.int64), axis=0) * grid
+    return cells.astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def zhang_prior() -> np.ndarray:
+    """(313,) float64 empirical ImageNet probability of each gamut bin (Zhang et al.)."""
+    return load_data_array("prior_probs.npy").astype(np.float64)
+
+
+def nearest_bin(ab_cie: np.ndarray, centres: np.ndarray | None = None, chunk: int = 65536) -> np.ndarray:
+    """Index of the nearest gamut centre for each ab pair. ab_cie: (..., 2) in CIE units -> (...) int64."""
+    centres = gamut_centres() if centres is None else centres
+    flat = ab_cie.reshape(-1, 2).astype(np.float32)
+    out = np.empty(flat.shape[0], np.int64)
+    c2 = (centres**2).sum(1)
+    for start in range(0, flat.shape[0], chunk):
+        part = flat[start:start + chunk]
+        # |x-c|^2 = |x|^2 - 2x.c + |c|^2; |x|^2 is constant per row so it does not change the argmin
+        d = c2[None, :] - 2.0 * part @ centres.T
+        out[start:start + chunk] = d.argmin(1)
+    return out.reshape(ab_cie.shape[:-1])
+
+
+def weights_from_prior(prior: np.ndarray) -> np.ndarray:
+    """The seed's raw class-rebalancing weight of each bin: 1 / prior (zero-probability bins get 0)."""
+    prior = np.asarray(prior, np.float64)
+    w = np.zeros_like(prior)
+    nz = prior > 0
+    w[nz] = 1.0 / prior[nz]
+    return w.astype(np.float32)
+
+
+class LossWeighter:
+    """Per-pixel loss weights of an ab field: the weight of the nearest in-gamut bin.
+
+    The seed looks up a and b separately and then a dict that misses out-of-gamut pairs (and was filled
+    wrongly); here each pixel takes its nearest of the 313 in-gamut centres. For the 8-bit ab values the
+    training data has, that is one table lookup: ``table[a8, b8]``.
+    """
+
+    def __init__(self, bin_weights: np.ndarray, centres: np.ndarray | None = None):
+        self.centres = gamut_centres() if centres is None else centres
+        self.bin_weights = np.asarray(bin_weights, np.float32)
+        levels = normalize_u8(np.arange(256, dtype=np.uint8)) * AB_SCALE
+        a, b = np.meshgrid(levels, levels, indexing="ij")
+        # (256, 256) float32: weight for OpenCV 8-bit (a, b)
+        self.table_u8 = self.bin_weights[nearest_bin(np.stack([a, b], -1), self.centres)]
+
+    @classmethod
+    def from_prior(cls, prior: np.ndarray) -> "LossWeighter":
+        return cls(weights_from_prior(prior))
+
+    def weights_u8(self, ab_u8: np.ndarray) -> np.ndarray:
+        """ab uint8 (..., 2) OpenCV scale -> weights (...) float32."""
+        return self.table_u8[ab_u8[..., 0], ab_u8[..., 1]]
+
+    def weights(self, ab_norm: np.ndarray) -> np.ndarray:
+        """Normalised ab (2, H, W) float -> weights (2, H, W), the same weight on both channels (as the seed)."""
+        idx = nearest_bin(np.moveaxis(ab_norm, 0, -1) * AB_SCALE, self.centres)
+        w = self.bin_weights[idx]
+        return np.stack([w, w], 0)
+
+
+def count_prior(ab_u8: np.ndarray, centres: np.ndarray | None = None) -> np.ndarray:
+    """Empirical bin probabilities of a set of 8-bit ab fields (..., 2) (``--prior data``)."""
+    centres = gamut_centres() if centres is None else centres
+    pairs = ab_u8.reshape(-1, 2)
+    codes = pairs[:, 0].astype(np.int64) * 256 + pairs[:, 1]
+    hist = np.bincount(codes, minlength=256 * 256).reshape(256, 256)
+    levels = normalize_u8(np.arange(256, dtype=np.uint8)) * AB_SCALE
+    a, b = np.meshgrid(levels, levels, indexing="ij")
+    bins = nearest_bin(np.stack([a, b], -1), centres)
+    counts = np.bincount(bins.reshape(-1), weights=hist.reshape(-1), minlength=len(centres))
+    return counts / max(counts.sum(), 1.0)

@@ -1,0 +1,42 @@
+"""Choosing the compute device once, from ``--device auto|cpu|cuda|cuda:N``."""
+
+from __future__ import annotations
+
+import torch
+
+
+class DeviceError(ValueError):
+    pass
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError as err:
+        raise DeviceError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {spec!r} asked for, but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise DeviceError(f"unsupported device {spec!r}: use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU has AMX or AVX512-BF16 units, so bf16 autocast pays off."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on the device when asked, else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)

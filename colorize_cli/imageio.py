@@ -1,0 +1,200 @@
+"""Reading any photo OpenCV can decode into 8-bit BGR (+ alpha), and writing outputs atomically."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp",
+                              ".jp2", ".pbm", ".pgm", ".ppm", ".pnm"})
+#: refuse to decode more pixels than this (a decompression bomb, or a scan too big for memory)
+MAX_PIXELS = 200_000_000
+
+
+class ImageReadError(Exception):
+    """An input that cannot be used; the message says why (the caller names the file)."""
+
+
+@dataclass
+class LoadedImage:
+    bgr: np.ndarray            # (H, W, 3) uint8
+    alpha: np.ndarray | None   # (H, W) uint8 or None
+    source_depth: int          # 8 or 16 bits per channel in the file
+    source_channels: int       # 1, 3 or 4
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _exif_orientation(data: bytes) -> int:
+    try:
+        from PIL import Image  # Pillow comes with torchvision
+
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.getexif().get(0x0112, 1))
+    except Exception:  # no EXIF, or a format Pillow does not know: keep the image as it is
+        return 1
+
+
+def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    if orientation == 2:
+        return cv2.flip(img, 1)
+    if orientation == 3:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(img, 0)
+    if orientation == 5:
+        return cv2.rotate(cv2.flip(img, 1), cv2.ROTATE_90_COUNTERCLOCKWISE)
+    if orientation == 6:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.rotate(cv2.flip(img, 1), cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img
+
+
+def _to_u8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if img.dtype in (np.float32, np.float64):
+        return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if img.dtype == np.int8:
+        return (img.astype(np.int16) + 128).astype(np.uint8)
+    raise ImageReadError(f"unsupported pixel type {img.dtype}")
+
+
+def _jpeg_is_truncated(data: bytes) -> bool:
+    # a complete JPEG ends with the EOI marker FF D9 (some cameras append a little padding after it)
+    return data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # unknown to Pillow: OpenCV's own limit still applies
+        return None
+
+
+def decode_image(data: bytes) -> LoadedImage:
+    """Bytes of an image file -> 8-bit BGR + alpha, EXIF orientation applied. Raises ImageReadError."""
+    if not data:
+        raise ImageReadError("empty file")
+    size = _header_size(data)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise ImageReadError(f"too large to decode ({size[0]}x{size[1]} pixels, limit {MAX_PIXELS:,})")
+    if _jpeg_is_truncated(data):
+        raise ImageReadError("truncated JPEG (no end-of-image marker)")
+    buf = np.frombuffer(data, np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        raise ImageReadError(f"cannot decode: {err.msg.strip() if hasattr(err, 'msg') else err}") from err
+    if img is None or img.size == 0:
+        raise ImageReadError("not an image, or corrupt")
+    depth = 16 if img.dtype == np.uint16 else 8
+    if img.ndim == 3 and img.shape[2] == 4 and data[:2] == b"\xff\xd8":
+        # a CMYK JPEG: let OpenCV's colour path convert it rather than read C, M, Y, K as B, G, R, A
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        if img is None:
+            raise ImageReadError("cannot decode CMYK JPEG")
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    img = _to_u8(img)
+    alpha = None
+    if img.ndim == 2:
+        bgr = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif channels == 1:
+        bgr = cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2BGR)
+    elif channels == 2:  # grey + alpha
+        bgr = cv2.cvtColor(np.ascontiguousarray(img[..., 0]), cv2.COLOR_GRAY2BGR)
+        alpha = np.ascontiguousarray(img[..., 1])
+    elif channels == 3:
+        bgr = img
+    elif channels == 4:
+        bgr = np.ascontiguousarray(img[..., :3])
+        alpha = np.ascontiguousarray(img[..., 3])
+    else:
+        raise ImageReadError(f"unsupported channel count {channels}")
+    orientation = _exif_orientation(data) if data[:2] == b"\xff\xd8" or data[:4] in (b"II*\x00", b"MM\x00*") \
+        or data[8:12] == b"WEBP" else 1
+    if orientation != 1:
+        bgr = _apply_orientation(bgr, orientation)
+        alpha = None if alpha is None else _apply_orientation(alpha, orientation)
+    return LoadedImage(np.ascontiguousarray(bgr), alpha, depth, channels)
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+    """Read and decode an image file. Raises ImageReadError with a short reason."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError as err:
+        raise ImageReadError("is a directory") from err
+    except PermissionError as err:
+        raise ImageReadError("permission denied") from err
+    except FileNotFoundError as err:
+        raise ImageReadError("no such file") from err
+    except OSError as err:
+        raise ImageReadError(err.strerror or str(err)) from err
+    return decode_image(data)
+
+
+ENCODE_EXT = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
+
+
+def encode_image(img: np.ndarray, fmt: str, quality: int | None = None) -> bytes:
+    """BGR or BGRA uint8 -> file bytes in ``fmt`` (png, jpg, webp). JPEG drops alpha."""
+    fmt = fmt.lower()
+    params: list[int] = []
+    if fmt == "jpg":
+        if img.ndim == 3 and img.shape[2] == 4:
+            img = np.ascontiguousarray(img[..., :3])
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95 if quality is None else int(quality)]
+    elif fmt == "webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, 95 if quality is None else int(quality)]
+    elif fmt == "png":
+        # quality 0..100 maps to compression 9..0; png is lossless either way
+        level = 3 if quality is None else int(round(9 - 9 * min(max(quality, 0), 100) / 100))
+        params = [cv2.IMWRITE_PNG_COMPRESSION, level]
+    else:
+        raise ValueError(f"unknown output format {fmt!r}")
+    ok, buf = cv2.imencode(ENCODE_EXT[fmt], img, params)
+    if not ok:
+        raise OSError(f"OpenCV could not encode a {fmt} image")
+    return buf.tobytes()
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to a temporary file beside ``path``, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".colorize-", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    # mkstemp creates 0600 files; give outputs the permissions a plain open() would
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

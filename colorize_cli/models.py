@@ -1,0 +1,160 @@
+"""The seed's networks: the conditional VAE over the ab field and the MDN over VGG features."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class CVAEConfig:
+    latent: int = 64
+    image_size: int = 64  # the ab field is (2, 64, 64); the encoder ends at 4x4
+    encoder_dropout: float = 0.7
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MDNConfig:
+    latent: int = 64
+    components: int = 8
+    feature_channels: int = 512  # VGG16 relu4_3
+    dropout: float = 0.7
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2), nn.BatchNorm2d(cout)
+
+
+class ConditionEncoder(nn.Module):
+    """Grey level L (B, 1, 64, 64) -> skip features at 32, 16, 8 and 4 px (128, 256, 512, 1024 ch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(1, 128, 5, 2)
+        self.conv2, self.bn2 = _conv_bn(128, 256, 5, 2)
+        self.conv3, self.bn3 = _conv_bn(256, 512, 5, 2)
+        self.conv4, self.bn4 = _conv_bn(512, 1024, 3, 2)
+
+    def forward(self, grey: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # the seed applies ReLU before BatchNorm throughout
+        f32 = self.bn1(F.relu(self.conv1(grey)))
+        f16 = self.bn2(F.relu(self.conv2(f32)))
+        f8 = self.bn3(F.relu(self.conv3(f16)))
+        f4 = self.bn4(F.relu(self.conv4(f8)))
+        return f32, f16, f8, f4
+
+
+class ColorEncoder(nn.Module):
+    """ab field (B, 2, 64, 64) -> posterior mean and log-variance (B, latent) each. Training only."""
+
+    def __init__(self, cfg: CVAEConfig):
+        super().__init__()
+        self.latent = cfg.latent
+        self.conv1, self.bn1 = _conv_bn(2, 128, 5, 2)
+        self.conv2, self.bn2 = _conv_bn(128, 256, 5, 2)
+        self.conv3, self.bn3 = _conv_bn(256, 512, 5, 2)
+        self.conv4, self.bn4 = _conv_bn(512, 1024, 3, 2)
+        self.dropout = nn.Dropout(cfg.encoder_dropout)
+        self.fc = nn.Linear(4 * 4 * 1024, 2 * cfg.latent)
+
+    def forward(self, ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.bn1(F.relu(self.conv1(ab)))
+        x = self.bn2(F.relu(self.conv2(x)))
+        x = self.bn3(F.relu(self.conv3(x)))
+        x = self.bn4(F.relu(self.conv4(x)))
+        x = self.fc(self.dropout(x.flatten(1)))
+        return x[:, : self.latent], x[:, self.latent:]
+
+
+class Decoder(nn.Module):
+    """Latent z (B, latent) + condition features -> ab field (B, 2, 64, 64) in [-1, 1]."""
+
+    def __init__(self, cfg: CVAEConfig):
+        super().__init__()
+        self.latent = cfg.latent
+        self.conv1, self.bn1 = _conv_bn(1024 + cfg.latent, 512, 3, 1)
+        self.conv2, self.bn2 = _conv_bn(512 * 2, 256, 5, 1)
+        self.conv3, self.bn3 = _conv_bn(256 * 2, 128, 5, 1)
+        self.conv4, self.bn4 = _conv_bn(128 * 2, 64, 5, 1)
+        self.conv5 = nn.Conv2d(64, 2, 5, stride=1, padding=2)
+
+    @staticmethod
+    def _up(x: torch.Tensor, factor: int) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+
+    def forward(self, z: torch.Tensor, f32, f16, f8, f4) -> torch.Tensor:
+        # (B, latent, 1, 1) -> bilinear x4 of a 1x1 map is a constant 4x4 map
+        x = self._up(z.reshape(-1, self.latent, 1, 1), 4)
+        x = self.bn1(F.relu(self.conv1(torch.cat([x, f4], 1))))            # (B, 512, 4, 4)
+        x = self.bn2(F.relu(self.conv2(torch.cat([self._up(x, 2), f8], 1))))   # (B, 256, 8, 8)
+        x = self.bn3(F.relu(self.conv3(torch.cat([self._up(x, 2), f16], 1))))  # (B, 128, 16, 16)
+        x = self.bn4(F.relu(self.conv4(torch.cat([self._up(x, 2), f32], 1))))  # (B, 64, 32, 32)
+        return torch.tanh(self.conv5(self._up(x, 2)))                           # (B, 2, 64, 64)
+
+
+class CVAE(nn.Module):
+    """The conditional VAE of the seed: colour encoder, condition encoder on L, decoder with skips."""
+
+    def __init__(self, cfg: CVAEConfig = CVAEConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ColorEncoder(cfg)
+        self.cond_encoder = ConditionEncoder()
+        self.decoder = Decoder(cfg)
+
+    def forward(self, ab: torch.Tensor, grey: torch.Tensor, z: torch.Tensor | None = None):
+        """Training pass: sample z from the posterior (or use ``z``); returns mu, logvar, ab_out."""
+        mu, logvar = self.encoder(ab)
+        if z is None:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return mu, logvar, self.decoder(z, *self.cond_encoder(grey))
+
+    def decode(self, z: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
+        """Inference: z (B, latent) and L (B, 1, 64, 64) -> ab (B, 2, 64, 64)."""
+        return self.decoder(z, *self.cond_encoder(grey))
+
+
+class MDN(nn.Module):
+    """VGG relu4_3 features (B, 512, 28, 28) -> mixture params (B, components * (latent + 1))."""
+
+    def __init__(self, cfg: MDNConfig = MDNConfig()):
+        super().__init__()
+        self.cfg = cfg
+        chans = [cfg.feature_channels, 384, 320, 288, 256, 128, 96, 64]
+        strides = [1, 1, 1, 2, 1, 2, 2]
+        layers: list[nn.Module] = []
+        for cin, cout, stride in zip(chans[:-1], chans[1:], strides):
+            layers += [nn.Conv2d(cin, cout, 5, stride=stride, padding=2), nn.BatchNorm2d(cout), nn.ReLU()]
+        layers.append(nn.Dropout(cfg.dropout))
+        self.model = nn.Sequential(*layers)  # (B, 64, 4, 4)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(4 * 4 * 64, cfg.components * (cfg.latent + 1))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self.model(feats).flatten(1)
+        # the seed drops out twice (inside the stack and again before fc); kept for fidelity
+        return self.fc(self.dropout(F.relu(x)))
+
+    def mixture(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means (B, components, latent) and weights (B, components)."""
+        return split_mixture(self(feats), self.cfg.components, self.cfg.latent)
+
+
+def split_mixture(params: torch.Tensor, components: int, latent: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MDN output (B, K*(D+1)) -> means (B, K, D), weights pi (B, K): the first K*D are means, as the seed."""
+    means = params[:, : components * latent].reshape(-1, components, latent)
+    weights = F.softmax(params[:, components * latent:].float(), dim=1)
+    return means, weights
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

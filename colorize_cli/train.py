@@ -1,0 +1,445 @@
+"""The paper's two training stages: the CVAE, then the MDN against the frozen CVAE encoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .color import LossWeighter, count_prior, normalize_u8, zhang_prior
+from .data import ImageCache, batch_indices, build_cache, list_images
+from .device import autocast
+from .losses import kl_loss, mdn_loss, recon_loss
+from .models import CVAE, MDN, CVAEConfig, MDNConfig
+from .render import sample_sheet
+from .vgg import build_vgg, resolve_vgg_state
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters; the defaults are the seed's."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 5e-5
+    kl_weight: float = 1e-2   # CVAE only
+    prior: str = "zhang"      # CVAE loss weights: 'zhang' (the seed's ImageNet prior) or 'data'
+    bf16: bool = False
+    seed: int = 0
+    max_images: int | None = None  # cap on training images (smoke runs)
+    sample_every: int = 1     # epochs between sample sheets
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+VAE_DEFAULTS = TrainConfig(epochs=15, lr=5e-5)
+MDN_DEFAULTS = TrainConfig(epochs=7, lr=1e-3)
+
+
+@dataclass
+class DataSpec:
+    root: str
+    train_list: str | None = None
+    test_list: str | None = None
+    cache_dir: str | None = None
+    n_jobs: int = -1
+
+
+class Reporter:
+    """Where training talks to: plain lines by default; the CLI swaps in a rich one."""
+
+    def log(self, message: str) -> None:
+        print(message, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(message, flush=True)
+
+    def progress(self, total: int, description: str) -> "ProgressHandle":
+        return ProgressHandle()
+
+
+class ProgressHandle:
+    def advance(self, n: int = 1, **info) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class RunPaths:
+    out: Path
+    vae: Path = field(init=False)
+    mdn: Path = field(init=False)
+    log: Path = field(init=False)
+    samples: Path = field(init=False)
+    cache: Path = field(init=False)
+
+    def __post_init__(self):
+        self.vae = self.out / "vae.pt"
+        self.mdn = self.out / "mdn.pt"
+        self.log = self.out / "log.jsonl"
+        self.samples = self.out / "samples"
+        self.cache = self.out / "cache"
+
+
+def _append_log(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def load_split(spec: DataSpec, paths: RunPaths, reporter: Reporter, max_images: int | None = None
+               ) -> tuple[ImageCache, ImageCache | None]:
+    cache_dir = Path(spec.cache_dir) if spec.cache_dir else paths.cache
+    train_rel = list_images(spec.root, spec.train_list)
+    test_rel = list_images(spec.root, spec.test_list) if spec.test_list else []
+    if spec.test_list is None:
+        reporter.log("no --test-list: test losses are not computed")
+    if max_images:
+        train_rel = train_rel[:max_images]
+        test_rel = test_rel[:max_images]
+    reporter.log(f"decoding {len(train_rel)} training and {len(test_rel)} test images (cached in {cache_dir})")
+    train = build_cache(spec.root, train_rel, cache_dir, spec.n_jobs, reporter.warn)
+    test = build_cache(spec.root, test_rel, cache_dir, spec.n_jobs, reporter.warn) if test_rel else None
+    return train, test
+
+
+def _cvae_batch(cache: ImageCache, idx: np.ndarray, device: torch.device,
+                weighter: LossWeighter | None) -> tuple[torch.Tensor, ...]:
+    lab = np.asarray(cache.lab64[idx])                                     # (B, 64, 64, 3) uint8
+    ab = torch.from_numpy(normalize_u8(lab[..., 1:])).permute(0, 3, 1, 2)  # (B, 2, 64, 64)
+    grey = torch.from_numpy(normalize_u8(lab[..., 0]))[:, None]           # (B, 1, 64, 64)
+    out = [ab.to(device), grey.to(device)]
+    if weighter is not None:
+        w = torch.from_numpy(weighter.weights_u8(lab[..., 1:]))[:, None]   # (B, 1, 64, 64), same for a and b
+        out.append(w.expand(-1, 2, -1, -1).to(device))
+    return tuple(out)
+
+
+def _seeded_rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch])
+
+
+@torch.no_grad()
+def evaluate_vae(model: CVAE, cache: ImageCache, device: torch.device, batch_size: int, bf16: bool,
+                 seed: int = 0) -> float:
+    """The seed's test loss: unweighted L2 of decoding z ~ N(0, I) (the encoder is not used)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for idx in batch_indices(len(cache), batch_size, None, drop_last=False):
+        ab, grey = _cvae_batch(cache, idx, device, None)
+        z = torch.randn(len(idx), model.cfg.latent, generator=gen).to(device)
+        with autocast(device, bf16):
+            pred = model.decode(z, grey)
+        total += recon_loss(pred, ab).item() * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
+
+
+def _sheet_vae(model: CVAE, cache: ImageCache, device: torch.device, bf16: bool, out: Path, n: int = 16) -> None:
+    model.eval()
+    idx = np.arange(min(n, len(cache)))
+    ab, grey = _cvae_batch(cache, idx, device, None)
+    with torch.no_grad(), autocast(device, bf16):
+        mu, _ = model.encoder(ab)
+        pred = model.decode(mu, grey)  # reconstructions through the posterior mean
+    img = sample_sheet(pred.float().cpu().numpy(), ab.cpu().numpy(), np.asarray(cache.l224[idx]), cols=8)
+    from .imageio import encode_image, write_atomic
+
+    write_atomic(out, encode_image(img, "png"))
+
+
+def _resume_state(ckpt_path: Path, resume: bool, reporter: Reporter) -> dict | None:
+    if not ckpt_path.is_file():
+        return None
+    if not resume:
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+    state = read_checkpoint(ckpt_path)
+    reporter.log(f"resuming {ckpt_path} after epoch {state['epoch']}")
+    return state
+
+
+def train_vae(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: torch.device,
+              reporter: Reporter | None = None, resume: bool = False,
+              model_cfg: CVAEConfig = CVAEConfig()) -> Path:
+    """Stage 1: train the CVAE; writes RUN/vae.pt every epoch, RUN/log.jsonl and RUN/samples/."""
+    reporter = reporter or Reporter()
+    paths = RunPaths(Path(out))
+    paths.samples.mkdir(parents=True, exist_ok=True)
+    state = _resume_state(paths.vae, resume, reporter)
+    if state is not None:
+        cfg = replace(TrainConfig(**state["train_config"]), epochs=cfg.epochs)
+        model_cfg = CVAEConfig(**state["model_config"])
+    torch.manual_seed(cfg.seed)
+    train, test = load_split(spec, paths, reporter, cfg.max_images)
+    prior = zhang_prior() if cfg.prior == "zhang" else count_prior(np.asarray(train.lab64[..., 1:]))
+    weighter = LossWeighter.from_prior(prior)
+
+    model = CVAE(model_cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = state["epoch"]
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        batches = batch_indices(len(train), cfg.batch_size, _seeded_rng(cfg.seed, epoch), drop_last=True)
+        bar = reporter.progress(len(batches), f"vae epoch {epoch + 1}/{cfg.epochs}")
+        t0 = time.perf_counter()
+        sums = np.zeros(3)
+        for idx in batches:
+            ab, grey, w = _cvae_batch(train, idx, device, weighter)
+            with autocast(device, cfg.bf16):
+                mu, logvar, pred = model(ab, grey)
+            kl = kl_loss(mu.float(), logvar.float())
+            rec = recon_loss(pred, ab, w)
+            loss = kl * cfg.kl_weight + rec
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                l2 = recon_loss(pred.detach(), ab)
+            sums += (loss.item(), kl.item(), l2.item())
+            bar.advance(1, loss=loss.item())
+        bar.close()
+        seconds = time.perf_counter() - t0
+        nb = max(len(batches), 1)
+        record = {"stage": "vae", "epoch": epoch + 1, "train_loss": float(sums[0] / nb),
+                  "train_kl": float(sums[1] / nb), "train_recon_l2": float(sums[2] / nb), "seconds": round(seconds, 1),
+                  "img_per_s": round(nb * cfg.batch_size / seconds, 1)}
+        if test is not None:
+            record["test_recon_l2"] = evaluate_vae(model, test, device, cfg.batch_size, cfg.bf16, cfg.seed)
+        reporter.log(_format_record(record))
+        _append_log(paths.log, record)
+        save_checkpoint(paths.vae, "vae", {
+            "model": model.state_dict(), "model_config": model_cfg.to_dict(), "train_config": cfg.to_dict(),
+            "optimizer": opt.state_dict(), "epoch": epoch + 1, "torch_rng": torch.get_rng_state(),
+            "metrics": record})
+        if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs:
+            _sheet_vae(model, test if test is not None else train, device, cfg.bf16,
+                       paths.samples / f"vae_epoch{epoch + 1:03d}.png")
+    return paths.vae
+
+
+def _format_record(r: dict) -> str:
+    parts = [f"{r['stage']} epoch {r['epoch']}"]
+    for k, v in r.items():
+        if k not in ("stage", "epoch"):
+            parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
+    return " | ".join(parts)
+
+
+def load_vae(path: str | os.PathLike, device: torch.device) -> CVAE:
+    state = read_checkpoint(path, "vae")
+    model = CVAE(CVAEConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------- stage 2: MDN
+
+
+class FeatureStore:
+    """VGG relu4_3 features of a cached image set, float16 (N, 512, 28, 28) in a resumable .npy memmap."""
+
+    def __init__(self, path: Path, n: int):
+        self.path = path
+        self.progress_path = path.with_suffix(".done")
+        shape = (n, 512, 28, 28)
+        if path.is_file():
+            self.array = np.load(path, mmap_mode="r+")
+            if self.array.shape != shape:
+                raise ValueError(f"{path} has shape {self.array.shape}, expected {shape}")
+        else:
+            tmp = path.with_name(path.name + ".part.npy")
+            self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+            self.array.flush()
+            os.replace(tmp, path)
+            self.progress_path.write_text("0")
+        self.done = int(self.progress_path.read_text()) if self.progress_path.is_file() else 0
+
+    def fill(self, l224: np.ndarray, vgg, device: torch.device, bf16: bool, batch_size: int,
+             reporter: Reporter, label: str) -> None:
+        from .color import grey_from_l
+
+        n = self.array.shape[0]
+        if self.done >= n:
+            return
+        bar = reporter.progress((n - self.done + batch_size - 1) // batch_size, f"VGG features ({label})")
+        for start in range(self.done, n, batch_size):
+            stop = min(start + batch_size, n)
+            grey = torch.from_numpy(grey_from_l(np.asarray(l224[start:stop]))).to(device)
+            with torch.no_grad(), autocast(device, bf16):
+                feats = vgg(grey)
+            self.array[start:stop] = feats.float().cpu().numpy().astype(np.float16)
+            self.array.flush()
+            self.done = stop
+            self.progress_path.write_text(str(stop))
+            bar.advance(1)
+        bar.close()
+
+    def batch(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.array[idx])).to(device).float()
+
+
+def _store_key(cache: ImageCache, vgg_state: dict, bf16: bool) -> str:
+    import hashlib
+
+    h = hashlib.sha256("\0".join(cache.paths).encode("utf-8", "surrogateescape"))
+    h.update(vgg_state["0.weight"].float().numpy().tobytes()[:4096])
+    h.update(vgg_state["21.weight"].float().numpy().tobytes()[:4096])
+    h.update(b"bf16" if bf16 else b"fp32")
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def posterior_targets(vae: CVAE, cache: ImageCache, device: torch.device, batch_size: int, bf16: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu, logvar (N, latent) of the frozen colour encoder (eval mode: deterministic)."""
+    vae.eval()
+    mus, logvars = [], []
+    for idx in batch_indices(len(cache), batch_size * 4, None, drop_last=False):
+        ab, _ = _cvae_batch(cache, idx, device, None)
+        with autocast(device, bf16):
+            mu, logvar = vae.encoder(ab)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    return torch.cat(mus), torch.cat(logvars)
+
+
+@torch.no_grad()
+def evaluate_mdn(mdn: MDN, store: FeatureStore, mu: torch.Tensor, logvar: torch.Tensor, device: torch.device,
+                 batch_size: int, bf16: bool, seed: int = 0) -> float:
+    mdn.eval()
+    gen = torch.Generator().manual_seed(seed)  # the same posterior samples every epoch
+    total, count = 0.0, 0
+    for idx in batch_indices(store.array.shape[0], batch_size, None, drop_last=False):
+        with autocast(device, bf16):
+            means, weights = mdn.mixture(store.batch(idx, device))
+        t = torch.from_numpy(idx)
+        loss, _ = mdn_loss(means, weights, mu[t].to(device), logvar[t].to(device), generator=gen)
+        total += loss.item() * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
+
+
+def _sheet_mdn(vae: CVAE, mdn: MDN, cache: ImageCache, store: FeatureStore, device: torch.device, bf16: bool,
+               out: Path, n: int = 8) -> None:
+    from .imageio import encode_image, write_atomic
+
+    mdn.eval()
+    idx = np.arange(min(n, len(cache)))
+    ab, grey = _cvae_batch(cache, idx, device, None)
+    with torch.no_grad(), autocast(device, bf16):
+        means, weights = mdn.mixture(store.batch(idx, device))
+        order = torch.argsort(weights, dim=1, descending=True)
+        means = torch.gather(means, 1, order[..., None].expand_as(means))
+        k = means.shape[1]
+        pred = vae.decode(means.reshape(-1, means.shape[-1]), grey.repeat_interleave(k, 0))
+    pred = pred.float().cpu().numpy().reshape(len(idx), k, 2, *pred.shape[-2:])
+    img = sample_sheet(pred, ab.cpu().numpy(), np.asarray(cache.l224[idx]), cols=k)
+    write_atomic(out, encode_image(img, "png"))
+
+
+def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: torch.device,
+              vae_path: str | os.PathLike | None = None, vgg_weights: str | None = None,
+              reporter: Reporter | None = None, resume: bool = False, model_cfg: MDNConfig | None = None) -> Path:
+    """Stage 2: train the MDN on VGG features against the frozen CVAE's posterior; writes RUN/mdn.pt."""
+    reporter = reporter or Reporter()
+    paths = RunPaths(Path(out))
+    paths.samples.mkdir(parents=True, exist_ok=True)
+    vae_path = Path(vae_path) if vae_path else paths.vae
+    vae = load_vae(vae_path, device)
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    model_cfg = model_cfg or MDNConfig(latent=vae.cfg.latent)
+    state = _resume_state(paths.mdn, resume, reporter)
+    if state is not None:
+        cfg = replace(TrainConfig(**state["train_config"]), epochs=cfg.epochs)
+        model_cfg = MDNConfig(**state["model_config"])
+        vgg_state = {k: v.float() for k, v in state["vgg"].items()}
+    else:
+        vgg_state = resolve_vgg_state(vgg_weights)
+    torch.manual_seed(cfg.seed)
+    vgg = build_vgg(vgg_state).to(device)
+    train, test = load_split(spec, paths, reporter, cfg.max_images)
+
+    cache_dir = Path(spec.cache_dir) if spec.cache_dir else paths.cache
+    stores = {}
+    for label, data in (("train", train), ("test", test)):
+        if data is None:
+            continue
+        store = FeatureStore(cache_dir / f"vgg-{_store_key(data, vgg_state, cfg.bf16)}.npy", len(data))
+        store.fill(data.l224, vgg, device, cfg.bf16, 64, reporter, label)
+        stores[label] = store
+    del vgg
+    reporter.log("computing the frozen encoder's posterior for every image")
+    train_mu, train_logvar = posterior_targets(vae, train, device, cfg.batch_size, cfg.bf16)
+    test_targets = posterior_targets(vae, test, device, cfg.batch_size, cfg.bf16) if test is not None else None
+
+    mdn = MDN(model_cfg).to(device)
+    opt = torch.optim.Adam(mdn.parameters(), lr=cfg.lr)
+    start_epoch = 0
+    if state is not None:
+        mdn.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = state["epoch"]
+    for epoch in range(start_epoch, cfg.epochs):
+        mdn.train()
+        batches = batch_indices(len(train), cfg.batch_size, _seeded_rng(cfg.seed, epoch), drop_last=True)
+        bar = reporter.progress(len(batches), f"mdn epoch {epoch + 1}/{cfg.epochs}")
+        t0 = time.perf_counter()
+        sums = np.zeros(2)
+        for idx in batches:
+            feats = stores["train"].batch(idx, device)
+            t = torch.from_numpy(idx)
+            with autocast(device, cfg.bf16):
+                means, weights = mdn.mixture(feats)
+            loss, dist = mdn_loss(means, weights, train_mu[t].to(device), train_logvar[t].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += (loss.item(), dist.item())
+            bar.advance(1, loss=loss.item())
+        bar.close()
+        seconds = time.perf_counter() - t0
+        nb = max(len(batches), 1)
+        record = {"stage": "mdn", "epoch": epoch + 1, "train_loss": float(sums[0] / nb),
+                  "train_dist": float(sums[1] / nb),
+                  "seconds": round(seconds, 1), "img_per_s": round(nb * cfg.batch_size / seconds, 1)}
+        if test_targets is not None:
+            record["test_loss"] = evaluate_mdn(mdn, stores["test"], *test_targets, device, cfg.batch_size,
+                                               cfg.bf16, cfg.seed)
+        reporter.log(_format_record(record))
+        _append_log(paths.log, record)
+        save_checkpoint(paths.mdn, "mdn", {
+            "model": mdn.state_dict(), "model_config": model_cfg.to_dict(), "train_config": cfg.to_dict(),
+            "optimizer": opt.state_dict(), "epoch": epoch + 1, "torch_rng": torch.get_rng_state(),
+            "metrics": record, "vae_checkpoint": str(vae_path),
+            # the MDN is only meaningful with the features it was trained on: keep them with it (fp16, 15 MB)
+            "vgg": {k: v.half() for k, v in vgg_state.items()}})
+        if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs:
+            sheet_data, sheet_store = (test, stores["test"]) if test is not None else (train, stores["train"])
+            _sheet_mdn(vae, mdn, sheet_data, sheet_store, device, cfg.bf16,
+                       paths.samples / f"mdn_epoch{epoch + 1:03d}.png")
+    return paths.mdn
+
+
+def iter_records(path: Path) -> Iterator[dict]:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
