@@ -53,6 +53,56 @@ def _resolve_device(spec: str):
         raise click.BadParameter(str(err), param_hint="--device") from err
 
 
+# ------------------------------------------------------------------------------------------ colorizing
+
+
+@main.command(DEFAULT_COMMAND, context_settings={"ignore_unknown_options": False})
+@click.argument("paths", nargs=-1, metavar="PATH...")
+@click.option("--samples", "-n", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="colorizations per photo: the N most probable mixture means; beyond 8, draws from the mixture")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="a training run folder (vae.pt, mdn.pt) or a bundle folder; default: the bundled model")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="mirror the input tree under this folder (default: beside each input)")
+@click.option("--separate", is_flag=True, help="also write each sample as its own image")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp"]), default="png", show_default=True)
+@click.option("--quality", type=click.IntRange(0, 100), default=None, help="jpg/webp quality (default 95)")
+@_device_option
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="same seed, same outputs")
+@click.option("--overwrite", is_flag=True, help="redo inputs whose outputs exist (default: skip them)")
+@click.option("--recursive/--no-recursive", default=True, show_default=True)
+@click.option("--bf16/--no-bf16", default=None,
+              help="bf16 autocast (default: on for CUDA and for CPUs with AMX/AVX512-BF16)")
+@click.option("--workers", type=click.IntRange(1), default=None, help="decode/encode threads (default: cores)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
+@click.option("--quiet", "-q", is_flag=True, help="only errors on stderr")
+@click.option("--debug", is_flag=True, help="show tracebacks")
+def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch_size, seed, overwrite,
+            recursive, bf16, workers, as_json, quiet, debug):
+    """Colorize photos: files and folders (walked recursively); ``-`` reads paths from stdin.
+
+    Writes PHOTO.colorized.png (a sheet of the samples, most probable first) beside each input, or under
+    --output. Existing outputs are skipped, so reruns only do new photos. Exit code: 0 all done or skipped,
+    1 some inputs failed, 2 usage error.
+    """
+    from .runner import run_batch_command
+
+    if not paths:
+        raise click.UsageError("no PATH given (a photo, a folder, or - for paths on stdin)")
+    expanded = []
+    for p in paths:
+        if p == "-":
+            expanded.extend(line.rstrip("\r\n") for line in sys.stdin if line.strip())
+        else:
+            expanded.append(p)
+    code = run_batch_command(expanded, samples=samples, model=model, output=output, separate=separate, fmt=fmt,
+                             quality=quality, device_spec=device, batch_size=batch_size, seed=seed,
+                             overwrite=overwrite, recursive=recursive, bf16=bf16, workers=workers,
+                             as_json=as_json, quiet=quiet, debug=debug)
+    sys.exit(code)
+
+
 # ------------------------------------------------------------------------------------------ training
 
 

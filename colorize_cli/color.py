@@ -17,8 +17,6 @@ CVAE_SIZE = 64
 VGG_SIZE = 224
 #: normalised ab -> CIE ab units, as the seed's loss-weight lookup does (``img_vec * 128``)
 AB_SCALE = 128.0
-#: the gamut grid spacing in CIE ab units (Zhang et al.)
-GAMUT_GRID = 10
 
 
 def normalize_u8(x: np.ndarray) -> np.ndarray:
@@ -32,21 +30,32 @@ def denormalize_u8(x: np.ndarray) -> np.ndarray:
 
 
 def bgr_to_lab(bgr: np.ndarray) -> np.ndarray:
-    """BGR uint8 (H, W, 3) -> normalised Lab float32 (H, W, 3) in [-1, 1]."""
-    return normalize_u8(cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB))
+    """BGR uint8 (H, W, 3) -> normalised Lab float32 (H, W, 3) in [-1, 1].
+
+    Converted in float (no 8-bit Lab rounding) and mapped onto the same scale as the seed's 8-bit values.
+    """
+    lab = cv2.cvtColor(bgr.astype(np.float32) * np.float32(1 / 255), cv2.COLOR_BGR2LAB)
+    lab[..., 0] *= np.float32(255 / 100)
+    lab[..., 1:] += np.float32(128)
+    return np.clip(lab * np.float32(2 / 255) - np.float32(1), -1, 1)
 
 
 def lab_to_bgr(lab: np.ndarray) -> np.ndarray:
-    """Normalised Lab float (H, W, 3) -> BGR uint8 (H, W, 3)."""
-    return cv2.cvtColor(denormalize_u8(lab), cv2.COLOR_LAB2BGR)
+    """Normalised Lab float (H, W, 3) -> BGR uint8 (H, W, 3), converted in float."""
+    raw = (np.asarray(lab, np.float32) + np.float32(1)) * np.float32(255 / 2)
+    raw[..., 0] *= np.float32(100 / 255)
+    raw[..., 1:] -= np.float32(128)
+    bgr = cv2.cvtColor(raw, cv2.COLOR_LAB2BGR)
+    return np.clip(bgr * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def l_ab_to_bgr(l_u8: np.ndarray, ab: np.ndarray) -> np.ndarray:
-    """Full-resolution L (uint8 OpenCV scale, (H, W)) + normalised ab (H, W, 2) -> BGR uint8."""
-    lab = np.empty(l_u8.shape + (3,), np.uint8)
-    lab[..., 0] = l_u8
-    lab[..., 1:] = denormalize_u8(ab)
-    return cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+    """L (uint8 OpenCV scale, (H, W)) + normalised ab (H, W, 2) -> BGR uint8 (H, W, 3), in float."""
+    lab = np.empty(l_u8.shape + (3,), np.float32)
+    lab[..., 0] = l_u8 * np.float32(100 / 255)
+    lab[..., 1:] = (np.asarray(ab, np.float32) + np.float32(1)) * np.float32(255 / 2) - np.float32(128)
+    bgr = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+    return np.clip(bgr * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 @lru_cache(maxsize=1)
@@ -75,19 +84,6 @@ def load_data_array(name: str) -> np.ndarray:
 def gamut_centres() -> np.ndarray:
     """(313, 2) float32 in-gamut ab bin centres (CIE units), the bundled copy of Zhang's pts_in_hull."""
     return load_data_array("pts_in_hull.npy").astype(np.float32)
-
-
-def generate_gamut_centres(grid: int = GAMUT_GRID) -> np.ndarray:
-    """Centres of a ``grid``-unit ab grid whose cell holds some sRGB colour (regenerates the 313 bins).
-
-    Every sRGB colour is converted to Lab; a grid cell counts when any colour rounds into it.
-    """
-    v = np.arange(0, 256, 3, dtype=np.uint8)
-    b, g, r = np.meshgrid(v, v, v, indexing="ij")
-    bgr = np.stack([b, g, r], -1).reshape(1, -1, 3).astype(np.float32) / 255.0
-    lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB).reshape(-1, 3)
-    cells = np.unique(np.round(lab[:, 1:] / grid).astype(np.int64), axis=0) * grid
-    return cells.astype(np.float32)
 
 
 @lru_cache(maxsize=1)

@@ -24,15 +24,43 @@ def tile(images: list[np.ndarray], cols: int, gap: int = 0, fill: int = 255) -> 
     return out
 
 
-def upsample_ab(ab: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Normalised ab (2, h, w) -> (H, W, 2) float32, bilinear. size is (H, W)."""
-    return cv2.resize(np.ascontiguousarray(np.moveaxis(ab, 0, -1), np.float32), (size[1], size[0]),
-                      interpolation=cv2.INTER_LINEAR)
+#: rows are merged in strips of about this many pixels, so a 50-megapixel scan needs no full-size float copies
+STRIP_PIXELS = 1 << 20
+
+
+def upsample_ab(ab: np.ndarray, size: tuple[int, int], rows: slice | None = None) -> np.ndarray:
+    """Normalised ab (2, h, w) -> (rows, W, 2) float32, bilinear with cv2.resize's pixel-centre convention.
+
+    size is the full (H, W); ``rows`` picks a strip of output rows (default: all).
+    """
+    h_out, w_out = size
+    rows = rows or slice(0, h_out)
+    src = np.moveaxis(np.asarray(ab, np.float32), 0, -1)                    # (h, w, 2)
+    h_in, w_in = src.shape[:2]
+    x0, x1, fx = _taps(w_in, w_out, np.arange(w_out))
+    y0, y1, fy = _taps(h_in, h_out, np.arange(rows.start, rows.stop))
+    # separable: along x for the (few) source rows, then along y for the strip's rows
+    across = src[:, x0] * (1 - fx)[None, :, None] + src[:, x1] * fx[None, :, None]   # (h, W, 2)
+    return across[y0] * (1 - fy)[:, None, None] + across[y1] * fy[:, None, None]
+
+
+def _taps(n_in: int, n_out: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of bilinear resampling at output positions ``idx`` (pixel centres)."""
+    pos = np.clip((idx.astype(np.float32) + 0.5) * np.float32(n_in / n_out) - 0.5, 0, n_in - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (pos - i0).astype(np.float32)
 
 
 def merge(l_u8: np.ndarray, ab: np.ndarray) -> np.ndarray:
-    """L (H, W) uint8 + normalised ab (2, h, w) at model size -> BGR (H, W, 3)."""
-    return l_ab_to_bgr(l_u8, upsample_ab(ab, l_u8.shape))
+    """L (H, W) uint8 + normalised ab (2, h, w) at model size -> BGR (H, W, 3), strip by strip."""
+    h, w = l_u8.shape
+    out = np.empty((h, w, 3), np.uint8)
+    step = max(1, STRIP_PIXELS // max(w, 1))
+    for top in range(0, h, step):
+        rows = slice(top, min(top + step, h))
+        out[rows] = l_ab_to_bgr(l_u8[rows], upsample_ab(ab, (h, w), rows))
+    return out
 
 
 def sample_sheet(pred: np.ndarray, truth: np.ndarray, l_u8: np.ndarray, cols: int = 8, tile_px: int = 128

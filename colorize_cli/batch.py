@@ -1,0 +1,254 @@
+"""Colorizing many files: finding inputs, naming outputs, and a bounded decode -> model -> write stream."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .colorizer import Colorizer, PreparedImage, image_seed, prepare
+from .imageio import ImageReadError, encode_image, is_image_path, read_image, write_atomic
+from .render import merge, tile
+
+OUTPUT_TAG = ".colorized"
+FORMATS = ("png", "jpg", "webp")
+
+
+@dataclass
+class BatchOptions:
+    samples: int = 8
+    output_dir: Path | None = None   # mirror the input tree here; None: beside each input
+    separate: bool = False
+    fmt: str = "png"
+    quality: int | None = None
+    batch_size: int = 8
+    seed: int = 0
+    overwrite: bool = False
+    workers: int = field(default_factory=lambda: max(os.cpu_count() or 1, 2))
+
+
+@dataclass
+class InputItem:
+    path: Path            # the file to read
+    rel: Path             # its path under the folder it was found in (mirrored under --output)
+    sheet: Path = None    # type: ignore[assignment]
+    singles: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class ItemResult:
+    input: str
+    status: str                      # done | skipped | failed
+    outputs: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {"input": self.input, "status": self.status, "outputs": self.outputs, "weights": self.weights,
+                "seconds": round(self.seconds, 4), "error": self.error}
+
+
+def is_output_name(name: str) -> bool:
+    return OUTPUT_TAG in name
+
+
+@dataclass
+class Discovery:
+    items: list[InputItem]
+    ignored: int = 0          # files that are not images, or outputs of an earlier run
+    missing: list[str] = field(default_factory=list)
+
+
+def discover(paths: Iterable[str], recursive: bool = True) -> Discovery:
+    """Expand files and folders into image inputs (sorted; folders walked recursively unless told not)."""
+    found = Discovery([])
+    seen: set[Path] = set()
+
+    def add(path: Path, rel: Path) -> None:
+        key = path.absolute()
+        if key in seen:
+            return
+        seen.add(key)
+        if is_output_name(path.name) or not is_image_path(path):
+            found.ignored += 1
+            return
+        found.items.append(InputItem(path, rel))
+
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            if recursive:
+                walker = os.walk(path)
+            else:
+                walker = [(str(path), [], sorted(os.listdir(path)))]
+            for dirpath, dirnames, filenames in walker:
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    full = Path(dirpath) / name
+                    if full.is_file():
+                        add(full, full.relative_to(path))
+        elif path.exists():
+            add(path, Path(path.name))
+        else:
+            found.missing.append(raw)
+    return found
+
+
+def plan_outputs(items: list[InputItem], opts: BatchOptions) -> None:
+    """Name each input's outputs: ``photo.colorized.png`` and ``photo.colorized-1.png`` ...
+
+    Two inputs that would share a name (``a.jpg`` and ``a.png``) keep their extension in it
+    (``a.png.colorized.png``), decided in the sorted input order, so a rerun names things the same.
+    """
+    ext = "." + opts.fmt
+    claimed: set[Path] = set()
+    for item in items:
+        folder = (opts.output_dir / item.rel.parent) if opts.output_dir is not None else item.path.parent
+        stem = item.path.stem
+        if (folder / f"{stem}{OUTPUT_TAG}{ext}").absolute() in claimed:
+            stem = item.path.name
+        item.sheet = folder / f"{stem}{OUTPUT_TAG}{ext}"
+        claimed.add(item.sheet.absolute())
+        item.singles = ([folder / f"{stem}{OUTPUT_TAG}-{i}{ext}" for i in range(1, opts.samples + 1)]
+                        if opts.separate else [])
+
+
+def _all_outputs(item: InputItem) -> list[Path]:
+    return [item.sheet, *item.singles]
+
+
+@dataclass
+class _Decoded:
+    item: InputItem
+    prep: PreparedImage | None
+    alpha: np.ndarray | None
+    error: str | None
+    started: float
+
+
+def _decode(item: InputItem) -> _Decoded:
+    t0 = time.perf_counter()
+    try:
+        img = read_image(item.path)
+        prep = prepare(img.bgr)
+    except ImageReadError as err:
+        return _Decoded(item, None, None, str(err), t0)
+    except MemoryError:
+        return _Decoded(item, None, None, "out of memory while decoding", t0)
+    return _Decoded(item, prep, img.alpha, None, t0)
+
+
+def _sheet_cols(n: int) -> int:
+    return min(n, 4)
+
+
+def _write(dec: _Decoded, ab: np.ndarray, weights: np.ndarray, opts: BatchOptions) -> ItemResult:
+    item = dec.item
+    try:
+        samples = []
+        for sample_ab in ab:
+            bgr = merge(dec.prep.l_full, sample_ab)
+            if dec.alpha is not None:
+                bgr = np.dstack([bgr, dec.alpha])
+            samples.append(bgr)
+        gap = max(2, min(dec.prep.l_full.shape) // 100)
+        sheet = tile(samples, cols=_sheet_cols(len(samples)), gap=gap)
+        written = []
+        # singles first, the sheet last: the sheet's presence marks the input as done for a rerun
+        for path, img in [*zip(item.singles, samples), (item.sheet, sheet)]:
+            write_atomic(path, encode_image(img, opts.fmt, opts.quality))
+            written.append(str(path))
+    except (OSError, ValueError, MemoryError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err) or type(err).__name__
+        return ItemResult(str(item.path), "failed", seconds=time.perf_counter() - dec.started,
+                          error=f"cannot write output: {reason}")
+    return ItemResult(str(item.path), "done", written, [float(w) for w in weights],
+                      time.perf_counter() - dec.started)
+
+
+def _is_done(item: InputItem) -> bool:
+    return all(p.is_file() for p in _all_outputs(item))
+
+
+def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOptions) -> Iterator[ItemResult]:
+    """Colorize planned inputs as a stream, yielding one result per input in input order.
+
+    At most a few batches are in flight at once (decoding ahead, writing behind), so memory stays
+    bounded however many files there are. Decoding and writing run in threads (OpenCV releases the GIL),
+    overlapping the model.
+    """
+    pending_items = deque(items)
+    lookahead = max(2 * opts.batch_size, opts.workers * 2)
+    with ThreadPoolExecutor(opts.workers, thread_name_prefix="colorize-io") as pool:
+        decoding: deque[Future] = deque()
+        writing: deque[Future | ItemResult] = deque()
+
+        def refill() -> None:
+            while pending_items and len(decoding) < lookahead:
+                item = pending_items.popleft()
+                if not opts.overwrite and _is_done(item):
+                    decoding.append(_done_future(ItemResult(str(item.path), "skipped", [str(item.sheet)])))
+                else:
+                    decoding.append(pool.submit(_decode, item))
+
+        def drain(limit: int) -> Iterator[ItemResult]:
+            while len(writing) > limit:
+                head = writing.popleft()
+                yield head if isinstance(head, ItemResult) else head.result()
+
+        refill()
+        while decoding:
+            batch: list[_Decoded] = []
+            while decoding and len(batch) < opts.batch_size:
+                got = decoding.popleft().result()
+                refill()
+                if isinstance(got, ItemResult):
+                    writing.append(got)
+                elif got.error is not None:
+                    writing.append(ItemResult(str(got.item.path), "failed",
+                                              seconds=time.perf_counter() - got.started, error=got.error))
+                else:
+                    batch.append(got)
+            if batch:
+                l64 = np.stack([d.prep.l64 for d in batch])
+                l224 = np.stack([d.prep.l224 for d in batch])
+                seeds = [image_seed(opts.seed, d.item.rel.as_posix()) for d in batch]
+                preds = colorizer.predict(l64, l224, opts.samples, seeds)
+                for dec, pred in zip(batch, preds):
+                    writing.append(pool.submit(_write, dec, pred.ab, pred.weights, opts))
+            yield from drain(2 * opts.batch_size)
+        yield from drain(0)
+
+
+def _done_future(value) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
+
+
+def run_paths(paths: Iterable[str], colorizer_factory: Callable[[], Colorizer], opts: BatchOptions,
+              recursive: bool = True) -> tuple[Discovery, Iterator[ItemResult]]:
+    """Discover and plan inputs, then return the result stream (the model is loaded only if needed)."""
+    found = discover(paths, recursive)
+    plan_outputs(found.items, opts)
+
+    def stream() -> Iterator[ItemResult]:
+        todo = [it for it in found.items if opts.overwrite or not _is_done(it)]
+        if not todo:
+            for it in found.items:
+                yield ItemResult(str(it.path), "skipped", [str(it.sheet)])
+            return
+        yield from colorize_items(found.items, colorizer_factory(), opts)
+
+    return found, stream()
+
+
+__all__ = ["BatchOptions", "Discovery", "InputItem", "ItemResult", "colorize_items", "discover",
+           "plan_outputs", "run_paths", "FORMATS", "ImageReadError"]

@@ -1,0 +1,137 @@
+"""Inference bundles: everything colorizing needs (condition encoder, decoder, MDN, VGG to relu4_3) and
+nothing it does not, stored compactly (int8 per-channel weights or fp16), loaded without executing code.
+
+A bundle is a folder with ``manifest.json`` and one ``.pt`` tensor file per part (each small enough to
+keep in git), or a training run folder (``vae.pt`` + ``mdn.pt``) which is read as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .checkpoint import CheckpointError, read_checkpoint
+from .models import MDN, CVAEConfig, MDNConfig
+from .vgg import build_vgg
+
+BUNDLE_FORMAT = "colorize-bundle"
+PARTS = ("cvae", "mdn", "vgg")
+QUANT_SUFFIX, SCALE_SUFFIX = "::int8", "::scale"
+
+
+def default_bundle_path() -> Path | None:
+    """The bundle shipped inside the package, if this installation has one."""
+    folder = Path(str(resources.files("colorize_cli").joinpath("weights")))
+    return folder if (folder / "manifest.json").is_file() else None
+
+
+def quantize_state(state: dict, mode: str) -> dict:
+    """fp32 state_dict -> storage dict. int8: conv/linear weights per output channel, symmetric;
+    everything else (biases, BatchNorm) fp32. fp16: every float tensor in half precision."""
+    out = {}
+    for key, value in state.items():
+        if not torch.is_floating_point(value):
+            out[key] = value
+        elif mode == "int8" and value.ndim >= 2:
+            w = value.float().reshape(value.shape[0], -1)
+            scale = w.abs().amax(1).clamp_min(1e-12) / 127.0                 # (out,)
+            out[key + QUANT_SUFFIX] = torch.round(w / scale[:, None]).to(torch.int8).reshape(value.shape)
+            out[key + SCALE_SUFFIX] = scale.float()
+        elif mode == "fp16":
+            out[key] = value.half()
+        else:
+            out[key] = value.float()
+    return out
+
+
+def dequantize_state(stored: dict) -> dict:
+    state = {}
+    for key, value in stored.items():
+        if key.endswith(SCALE_SUFFIX):
+            continue
+        if key.endswith(QUANT_SUFFIX):
+            name = key[: -len(QUANT_SUFFIX)]
+            scale = stored[name + SCALE_SUFFIX]
+            state[name] = value.float() * scale.reshape((-1,) + (1,) * (value.ndim - 1))
+        elif torch.is_floating_point(value):
+            state[key] = value.float()
+        else:
+            state[key] = value
+    return state
+
+
+def _save_tensors(path: Path, tensors: dict) -> None:
+    tmp = path.with_name(path.name + ".part")
+    torch.save(tensors, tmp)
+    os.replace(tmp, path)
+
+
+def export_bundle(run: str | os.PathLike, out: str | os.PathLike, quantize: str = "int8") -> Path:
+    """A training run folder (vae.pt, mdn.pt) -> an inference bundle folder."""
+    run, out = Path(run), Path(out)
+    vae = read_checkpoint(run / "vae.pt", "vae")
+    mdn = read_checkpoint(run / "mdn.pt", "mdn")
+    cvae_state = {k: v for k, v in vae["model"].items() if not k.startswith("encoder.")}
+    out.mkdir(parents=True, exist_ok=True)
+    parts = {"cvae": cvae_state, "mdn": mdn["model"], "vgg": {k: v.float() for k, v in mdn["vgg"].items()}}
+    for name, state in parts.items():
+        _save_tensors(out / f"{name}.pt", quantize_state(state, quantize))
+    manifest = {"format": BUNDLE_FORMAT, "format_version": 1, "package_version": __version__,
+                "quantization": quantize, "cvae_config": vae["model_config"], "mdn_config": mdn["model_config"],
+                "trained": {"vae_epochs": vae["epoch"], "mdn_epochs": mdn["epoch"],
+                            "vae_train_config": vae["train_config"], "mdn_train_config": mdn["train_config"],
+                            "vae_metrics": vae.get("metrics"), "mdn_metrics": mdn.get("metrics")}}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _build(cvae_cfg: dict, mdn_cfg: dict, cvae_state: dict, mdn_state: dict, vgg_state: dict):
+    from .colorizer import InferenceCVAE
+
+    cvae = InferenceCVAE(CVAEConfig(**cvae_cfg))
+    cvae.load_state_dict(cvae_state)
+    mdn = MDN(MDNConfig(**mdn_cfg))
+    mdn.load_state_dict(mdn_state)
+    return cvae, mdn, build_vgg(vgg_state)
+
+
+def load_bundle(folder: str | os.PathLike):
+    """A bundle folder -> (InferenceCVAE, MDN, GreyVGGFeatures, info)."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read bundle manifest in {folder}: {err}") from err
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise CheckpointError(f"{folder} is not a colorize bundle")
+    states = {}
+    for name in PARTS:
+        try:
+            stored = torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a bad file; name the file and the reason
+            raise CheckpointError(f"cannot read {folder / (name + '.pt')}: {err}") from err
+        states[name] = dequantize_state(stored)
+    cvae, mdn, vgg = _build(manifest["cvae_config"], manifest["mdn_config"], states["cvae"], states["mdn"],
+                            states["vgg"])
+    return cvae, mdn, vgg, {"source": str(folder), **manifest}
+
+
+def load_run(folder: str | os.PathLike):
+    """A model folder: a bundle (manifest.json) or a training run (vae.pt + mdn.pt)."""
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file():
+        return load_bundle(folder)
+    if not (folder / "vae.pt").is_file() or not (folder / "mdn.pt").is_file():
+        raise CheckpointError(f"{folder} holds neither a bundle (manifest.json) nor a run (vae.pt and mdn.pt)")
+    vae = read_checkpoint(folder / "vae.pt", "vae")
+    mdn = read_checkpoint(folder / "mdn.pt", "mdn")
+    cvae_state = {k: v for k, v in vae["model"].items() if not k.startswith("encoder.")}
+    cvae, mdn_model, vgg = _build(vae["model_config"], mdn["model_config"], cvae_state, mdn["model"],
+                                  {k: v.float() for k, v in mdn["vgg"].items()})
+    info = {"source": str(folder), "trained": {"vae_epochs": vae["epoch"], "mdn_epochs": mdn["epoch"]}}
+    return cvae, mdn_model, vgg, info

@@ -1,0 +1,180 @@
+"""Colorizing arrays: MDN mixture -> latent codes -> CVAE decoder -> ab, merged with the full-res L.
+
+Knows nothing of folders, progress bars or exit codes (see ``batch`` and ``cli`` for those).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .color import CVAE_SIZE, grey_from_l, normalize_u8
+from .data import model_views
+from .device import autocast
+from .models import CVAE, MDN, ConditionEncoder, CVAEConfig, Decoder
+from .render import merge
+from .vgg import GreyVGGFeatures
+
+#: the MDN loss's fixed isotropic sigma (distance scale 50 = 1 / (2 * 0.1^2)); used to draw beyond the means
+MIXTURE_SIGMA = 0.1
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+class InferenceCVAE(torch.nn.Module):
+    """The inference half of the CVAE: condition encoder + decoder (the colour encoder is training-only)."""
+
+    def __init__(self, cfg: CVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.cond_encoder = ConditionEncoder()
+        self.decoder = Decoder(cfg)
+
+    def forward(self, z: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z, *self.cond_encoder(grey))
+
+    @classmethod
+    def from_cvae(cls, cvae: CVAE) -> "InferenceCVAE":
+        model = cls(cvae.cfg)
+        model.cond_encoder = cvae.cond_encoder
+        model.decoder = cvae.decoder
+        return model
+
+
+@dataclass
+class Prediction:
+    """Samples for one image, most probable first."""
+
+    ab: np.ndarray        # (N, 2, 64, 64) float32, normalised ab
+    weights: np.ndarray   # (N,) mixture weight of the component each sample came from
+
+
+@dataclass
+class PreparedImage:
+    """An image split into what the model needs and what the output needs."""
+
+    l_full: np.ndarray   # (H, W) uint8 OpenCV L at full resolution
+    l64: np.ndarray      # (64, 64) uint8
+    l224: np.ndarray     # (224, 224) uint8
+
+
+def prepare(bgr: np.ndarray) -> PreparedImage:
+    lab, lab64, l224 = model_views(bgr)
+    return PreparedImage(np.ascontiguousarray(lab[..., 0]), np.ascontiguousarray(lab64[..., 0]), l224)
+
+
+class Colorizer:
+    """MDN + CVAE decoder + VGG features, on one device, colorizing batches of grey images."""
+
+    def __init__(self, cvae: InferenceCVAE, mdn: MDN, vgg: GreyVGGFeatures, device: torch.device,
+                 bf16: bool = False, info: dict | None = None):
+        self.device = device
+        self.bf16 = bf16
+        self.cvae = cvae.to(device).eval()
+        self.mdn = mdn.to(device).eval()
+        self.vgg = vgg.to(device).eval()
+        self.info = info or {}
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def parameters(self):
+        for m in (self.cvae, self.mdn, self.vgg):
+            yield from m.parameters()
+
+    @property
+    def components(self) -> int:
+        return self.mdn.cfg.components
+
+    @classmethod
+    def load(cls, model: str | os.PathLike | None = None, device: torch.device | str = "cpu",
+             bf16: bool = False) -> "Colorizer":
+        """From a training run folder (vae.pt + mdn.pt), a bundle file, or the bundled default."""
+        from .bundle import default_bundle_path, load_run
+
+        device = torch.device(device)
+        path = Path(model) if model is not None else default_bundle_path()
+        if path is None or not path.exists():
+            if model is None:
+                raise ModelNotFoundError(
+                    "no bundled model in this installation: train one with `colorize train vae DATA --out RUN` "
+                    "and `colorize train mdn DATA --out RUN`, then pass --model RUN")
+            raise ModelNotFoundError(f"model not found: {path}")
+        if not path.is_dir():
+            raise ModelNotFoundError(f"--model must be a folder (a training run or a bundle): {path}")
+        cvae, mdn, vgg, info = load_run(path)
+        return cls(cvae, mdn, vgg, device, bf16, info)
+
+    @torch.no_grad()
+    def mixture(self, l224: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """L at 224 (B, 224, 224) uint8 -> means (B, K, D), weights (B, K), on the device, float32."""
+        grey = torch.from_numpy(grey_from_l(l224)).to(self.device, non_blocking=True)
+        with autocast(self.device, self.bf16):
+            means, weights = self.mdn.mixture(self.vgg(grey))
+        return means.float(), weights.float()
+
+    @staticmethod
+    def choose_latents(means: torch.Tensor, weights: torch.Tensor, samples: int,
+                       generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (B, N, D) and their component weights (B, N), most probable component first.
+
+        The first min(N, K) are the K component means sorted by weight (as the paper shows them); any
+        further ones are drawn from the mixture: a component by its weight, then its mean plus
+        Gaussian noise of the MDN loss's fixed sigma 0.1.
+        """
+        order = torch.argsort(weights, dim=1, descending=True)
+        means = torch.gather(means, 1, order[..., None].expand_as(means))
+        weights = torch.gather(weights, 1, order)
+        k = means.shape[1]
+        if samples <= k:
+            return means[:, :samples], weights[:, :samples]
+        extra_z, extra_w = [], []
+        for i, gen in enumerate(generators):
+            w = weights[i].cpu()
+            comp = torch.multinomial(w, samples - k, replacement=True, generator=gen)
+            noise = torch.randn(samples - k, means.shape[2], generator=gen) * MIXTURE_SIGMA
+            extra_z.append(means[i].cpu()[comp] + noise)
+            extra_w.append(w[comp])
+        z = torch.cat([means, torch.stack(extra_z).to(means.device)], 1)
+        return z, torch.cat([weights, torch.stack(extra_w).to(weights.device)], 1)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, l64: np.ndarray) -> torch.Tensor:
+        """Latents (B, N, D) + L at 64 (B, 64, 64) uint8 -> ab (B, N, 2, 64, 64) float32 on the device."""
+        b, n, d = z.shape
+        grey = torch.from_numpy(normalize_u8(l64)).to(self.device)[:, None]      # (B, 1, 64, 64)
+        with autocast(self.device, self.bf16):
+            # the condition encoder runs once per image, the decoder once per sample
+            feats = self.cvae.cond_encoder(grey)
+            feats = [f.repeat_interleave(n, 0) for f in feats]
+            ab = self.cvae.decoder(z.reshape(b * n, d).to(self.device), *feats)
+        return ab.float().reshape(b, n, 2, CVAE_SIZE, CVAE_SIZE)
+
+    def predict(self, l64: np.ndarray, l224: np.ndarray, samples: int = 8,
+                seeds: list[int] | None = None) -> list[Prediction]:
+        """A batch of L images at model size -> N samples each, most probable first."""
+        means, weights = self.mixture(l224)
+        seeds = seeds if seeds is not None else [0] * len(l64)
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        z, w = self.choose_latents(means, weights, samples, generators)
+        ab = self.decode(z, l64).cpu().numpy()
+        w = w.cpu().numpy()
+        return [Prediction(ab[i], w[i]) for i in range(len(l64))]
+
+    def colorize(self, bgr: np.ndarray, samples: int = 8, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+        """One BGR uint8 image (any size) -> N full-resolution BGR colorizations and their weights."""
+        prep = prepare(bgr)
+        pred = self.predict(prep.l64[None], prep.l224[None], samples, [seed])[0]
+        return [merge(prep.l_full, ab) for ab in pred.ab], pred.weights
+
+
+def image_seed(seed: int, name: str) -> int:
+    """A per-image seed that depends on the run's seed and the image's name, not on batch order."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode("utf-8", "surrogateescape"))) % (2**63)
+

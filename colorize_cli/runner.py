@@ -1,0 +1,123 @@
+"""The batch command's console side: progress, log lines, JSON lines, the summary and the exit code."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+
+import click
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _err(message: str) -> None:
+    click.echo(f"colorize: {message}", err=True)
+
+
+def run_batch_command(paths: list[str], *, samples: int, model: Path | None, output: Path | None, separate: bool,
+                      fmt: str, quality: int | None, device_spec: str, batch_size: int, seed: int,
+                      overwrite: bool, recursive: bool, bf16: bool | None, workers: int | None, as_json: bool,
+                      quiet: bool, debug: bool) -> int:
+    from .batch import BatchOptions, run_paths
+
+    opts = BatchOptions(samples=samples, output_dir=output, separate=separate, fmt=fmt, quality=quality,
+                        batch_size=batch_size, seed=seed, overwrite=overwrite)
+    if workers:
+        opts.workers = workers
+
+    def load_colorizer():
+        from .colorizer import Colorizer
+        from .device import DeviceError, cpu_has_fast_bf16, resolve_device
+
+        try:
+            device = resolve_device(device_spec)
+        except DeviceError as err:
+            raise _UsageFailure(str(err)) from err
+        use_bf16 = bf16 if bf16 is not None else (device.type == "cuda" or cpu_has_fast_bf16())
+        try:
+            return Colorizer.load(model, device, use_bf16)
+        except (FileNotFoundError, RuntimeError, ValueError) as err:
+            if debug:
+                traceback.print_exc()
+            raise _UsageFailure(str(err)) from err
+
+    found, results = run_paths(paths, load_colorizer, opts, recursive)
+    for missing in found.missing:
+        _err(f"no such file or folder: {missing}")
+    if found.missing:
+        return EXIT_USAGE
+
+    console = None
+    if not quiet and not as_json:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            console = None
+    interactive = console is not None
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    t0 = time.perf_counter()
+    progress = task = None
+    if interactive:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        progress = Progress(TextColumn("colorizing"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                            TimeRemainingColumn(), console=console, transient=True)
+        progress.start()
+        task = progress.add_task("colorizing", total=len(found.items), rate="-")
+    try:
+        for result in results:
+            counts[result.status] += 1
+            if as_json:
+                click.echo(json.dumps(result.to_json()))
+            if result.status == "failed":
+                line = f"{result.input}: {result.error}"
+                (progress.console.print(f"[red]error[/red] {line}", highlight=False) if interactive
+                 else _err(f"error: {line}"))
+            elif not quiet and not as_json and not interactive:
+                verb = "colorized" if result.status == "done" else "skipped (exists)"
+                click.echo(f"{verb} {result.input} -> {result.outputs[-1] if result.outputs else ''}", err=True)
+            if interactive:
+                elapsed = time.perf_counter() - t0
+                rate = f"{counts['done'] / elapsed:.1f}" if elapsed > 0 and counts["done"] else "-"
+                progress.update(task, advance=1, rate=rate)
+    except _UsageFailure as err:
+        if progress is not None:
+            progress.stop()
+        _err(f"error: {err}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.stop()
+        _err("interrupted: finished outputs are kept; rerun to do the rest")
+        return 130
+    finally:
+        if progress is not None:
+            progress.stop()
+    elapsed = time.perf_counter() - t0
+    _summary(console, counts, found.ignored, elapsed, quiet or as_json)
+    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+
+
+class _UsageFailure(Exception):
+    pass
+
+
+def _summary(console, counts: dict, ignored: int, elapsed: float, silent: bool) -> None:
+    rate = counts["done"] / elapsed if elapsed > 0 else 0.0
+    if console is not None:
+        from rich.table import Table
+
+        table = Table(title="colorize", show_header=True)
+        for col in ("colorized", "skipped", "failed", "ignored (not images)", "seconds", "img/s"):
+            table.add_column(col, justify="right")
+        table.add_row(str(counts["done"]), str(counts["skipped"]), str(counts["failed"]), str(ignored),
+                      f"{elapsed:.1f}", f"{rate:.2f}")
+        console.print(table)
+    elif not silent:
+        click.echo(f"colorize: {counts['done']} colorized, {counts['skipped']} skipped, {counts['failed']} failed, "
+                   f"{ignored} ignored (not images) in {elapsed:.1f} s ({rate:.2f} img/s)", err=True)

@@ -1,0 +1,86 @@
+"""Shared fixtures. Tests that need ../shared (real LFW, old photos, VGG weights) skip cleanly without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("COLORIZE_SHARED", REPO.parent / "shared"))
+VGG_FILE = SHARED / "weights" / "vgg16_relu4_3_imagenet_fp16.pth"
+LFW_SPLITS = SHARED / "data" / "lfw-splits"
+OLD_PHOTOS = SHARED / "data" / "old_photos"
+
+
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch):
+    # nothing may fetch weights in tests
+    monkeypatch.setenv("COLORIZE_NO_DOWNLOAD", "1")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not (SHARED / "data").is_dir():
+        pytest.skip("../shared is not here")
+    return SHARED
+
+
+def synthetic_photo(rng: np.random.Generator, h: int = 80, w: int = 96) -> np.ndarray:
+    """A smooth colourful BGR image: gradients plus a few coloured discs."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([x / w, y / h, 1 - x / w], -1) * rng.uniform(80, 200, 3)
+    img = base.astype(np.uint8)
+    for _ in range(3):
+        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(5, 20)),
+                   tuple(int(c) for c in rng.integers(0, 256, 3)), -1)
+    return img
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        sub = root / f"person_{i % 4}"
+        sub.mkdir(exist_ok=True)
+        cv2.imwrite(str(sub / f"img_{i:02d}.jpg"), synthetic_photo(rng))
+    return root
+
+
+@pytest.fixture(scope="session")
+def random_vgg_file(tmp_path_factory) -> Path:
+    """VGG weights of the right layout but random values: enough to exercise the code without ../shared."""
+    import torch
+
+    from colorize_cli.vgg import vgg_architecture
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vgg") / "vgg_random.pth"
+    torch.save({k: v.half() for k, v in vgg_architecture().state_dict().items()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, synthetic_dataset, random_vgg_file) -> Path:
+    """A model trained by the project's own training code: one epoch of each stage on 16 images."""
+    import torch
+
+    from colorize_cli.train import DataSpec, Reporter, TrainConfig, train_mdn, train_vae
+
+    class Quiet(Reporter):
+        def log(self, message):
+            pass
+
+        warn = log
+
+    out = tmp_path_factory.mktemp("run")
+    spec = DataSpec(str(synthetic_dataset), n_jobs=1)
+    dev = torch.device("cpu")
+    train_vae(spec, out, TrainConfig(epochs=1, batch_size=8, bf16=False), dev, Quiet())
+    train_mdn(spec, out, TrainConfig(epochs=1, batch_size=8, lr=1e-3, bf16=False), dev,
+              vgg_weights=str(random_vgg_file), reporter=Quiet())
+    return out

@@ -1,0 +1,83 @@
+import cv2
+import numpy as np
+import pytest
+
+from colorize_cli.imageio import ImageReadError, decode_image, encode_image, read_image, write_atomic
+from conftest import synthetic_photo
+
+
+def _enc(img, ext, params=()):
+    ok, buf = cv2.imencode(ext, img, list(params))
+    assert ok
+    return buf.tobytes()
+
+
+def test_grey_16bit_rgba_and_cmyk():
+    rng = np.random.default_rng(0)
+    photo = synthetic_photo(rng)
+    grey = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    img = decode_image(_enc(grey, ".png"))
+    assert img.bgr.shape == photo.shape and img.alpha is None and img.source_channels == 1
+
+    deep = decode_image(_enc(photo.astype(np.uint16) * 257, ".png"))
+    assert deep.source_depth == 16 and deep.bgr.dtype == np.uint8
+    assert np.abs(deep.bgr.astype(int) - photo).max() <= 1
+
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 77, np.uint8)])
+    got = decode_image(_enc(rgba, ".png"))
+    assert got.alpha is not None and int(got.alpha[0, 0]) == 77
+
+    from PIL import Image
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(photo[..., ::-1]).convert("CMYK").save(buf, "JPEG", quality=95)
+    cmyk = decode_image(buf.getvalue())
+    assert cmyk.bgr.shape == photo.shape and cmyk.alpha is None
+    assert np.abs(cmyk.bgr.astype(int) - photo).mean() < 12
+
+
+def test_exif_orientation_is_applied():
+    from PIL import Image
+    import io
+
+    photo = np.zeros((20, 40, 3), np.uint8)
+    photo[:, :20] = 255  # left half white
+    im = Image.fromarray(photo)
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif, quality=95)
+    got = decode_image(buf.getvalue())
+    assert got.bgr.shape[:2] == (40, 20)
+    assert got.bgr[:20].mean() > 200 and got.bgr[20:].mean() < 50  # white ends up on top
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty"),
+    (b"this is text, not a picture", "not an image"),
+])
+def test_bad_bytes(data, reason):
+    with pytest.raises(ImageReadError, match=reason):
+        decode_image(data)
+
+
+def test_truncated_jpeg():
+    data = _enc(synthetic_photo(np.random.default_rng(2), 200, 200), ".jpg")
+    with pytest.raises(ImageReadError, match="truncated"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "nope.jpg")
+    with pytest.raises(ImageReadError, match="directory"):
+        read_image(tmp_path)
+
+
+def test_write_atomic_leaves_no_temp_files(tmp_path):
+    img = synthetic_photo(np.random.default_rng(3))
+    for fmt in ("png", "jpg", "webp"):
+        write_atomic(tmp_path / f"out.{fmt}", encode_image(img, fmt, 90))
+        assert cv2.imread(str(tmp_path / f"out.{fmt}")).shape == img.shape
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jpg", "out.png", "out.webp"]

@@ -1,0 +1,36 @@
+import torch
+
+from colorize_cli.models import CVAE, MDN, count_parameters, split_mixture
+
+
+def test_parameter_counts_match_the_seed():
+    assert count_parameters(CVAE()) == 33_368_770
+    assert count_parameters(MDN()) == 13_952_008
+
+
+def test_cvae_shapes():
+    model = CVAE().eval()
+    ab = torch.zeros(3, 2, 64, 64)
+    grey = torch.zeros(3, 1, 64, 64)
+    mu, logvar, out = model(ab, grey)
+    assert mu.shape == logvar.shape == (3, 64)
+    assert out.shape == (3, 2, 64, 64)
+    assert out.abs().max() <= 1.0  # tanh output
+    assert model.decode(torch.randn(3, 64), grey).shape == (3, 2, 64, 64)
+
+
+def test_mdn_shapes_and_mixture_split():
+    model = MDN().eval()
+    params = model(torch.randn(2, 512, 28, 28))
+    assert params.shape == (2, 8 * 65)
+    means, weights = split_mixture(params, 8, 64)
+    assert means.shape == (2, 8, 64)
+    assert torch.allclose(weights.sum(1), torch.ones(2))
+    # the seed's layout: the first 8*64 outputs are the means, the last 8 the weight logits
+    assert torch.equal(means[1, 3], params[1, 3 * 64:4 * 64])
+
+
+def test_eval_mode_is_deterministic():
+    model = MDN().eval()
+    feats = torch.randn(1, 512, 28, 28)
+    assert torch.equal(model(feats), model(feats))
