@@ -14,7 +14,7 @@ import numpy as np
 
 from .colorizer import Colorizer, PreparedImage, image_seed, prepare
 from .imageio import ImageReadError, encode_image, is_image_path, read_image, write_atomic
-from .render import merge, tile
+from .render import merge
 
 OUTPUT_TAG = ".colorized"
 FORMATS = ("png", "jpg", "webp")
@@ -152,18 +152,25 @@ def _sheet_cols(n: int) -> int:
 def _write(dec: _Decoded, ab: np.ndarray, weights: np.ndarray, opts: BatchOptions) -> ItemResult:
     item = dec.item
     try:
-        samples = []
-        for sample_ab in ab:
-            bgr = merge(dec.prep.l_full, sample_ab)
+        h, w = dec.prep.l_full.shape
+        channels = 3 if dec.alpha is None else 4
+        gap = max(2, min(h, w) // 100)
+        cols = _sheet_cols(len(ab))
+        rows = -(-len(ab) // cols)
+        # each sample is merged straight into its place on the sheet: no second full-size copy per sample
+        sheet = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, channels), 255, np.uint8)
+        tiles = []
+        for i, sample_ab in enumerate(ab):
+            r, c = divmod(i, cols)
+            view = sheet[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w]
+            merge(dec.prep.l_full, sample_ab, out=view[..., :3])
             if dec.alpha is not None:
-                bgr = np.dstack([bgr, dec.alpha])
-            samples.append(bgr)
-        gap = max(2, min(dec.prep.l_full.shape) // 100)
-        sheet = tile(samples, cols=_sheet_cols(len(samples)), gap=gap)
+                view[..., 3] = dec.alpha
+            tiles.append(view)
         written = []
         # singles first, the sheet last: the sheet's presence marks the input as done for a rerun
-        for path, img in [*zip(item.singles, samples), (item.sheet, sheet)]:
-            write_atomic(path, encode_image(img, opts.fmt, opts.quality))
+        for path, img in [*zip(item.singles, tiles), (item.sheet, sheet)]:
+            write_atomic(path, encode_image(np.ascontiguousarray(img), opts.fmt, opts.quality))
             written.append(str(path))
     except (OSError, ValueError, MemoryError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err) or type(err).__name__

@@ -20,7 +20,8 @@ from .models import MDN, CVAEConfig, MDNConfig
 from .vgg import build_vgg
 
 BUNDLE_FORMAT = "colorize-bundle"
-PARTS = ("cvae", "mdn", "vgg")
+#: one file per part keeps each under 20 MiB in git
+PARTS = ("cond_encoder", "decoder", "mdn", "vgg")
 QUANT_SUFFIX, SCALE_SUFFIX = "::int8", "::scale"
 
 
@@ -78,7 +79,9 @@ def export_bundle(run: str | os.PathLike, out: str | os.PathLike, quantize: str 
     mdn = read_checkpoint(run / "mdn.pt", "mdn")
     cvae_state = {k: v for k, v in vae["model"].items() if not k.startswith("encoder.")}
     out.mkdir(parents=True, exist_ok=True)
-    parts = {"cvae": cvae_state, "mdn": mdn["model"], "vgg": {k: v.float() for k, v in mdn["vgg"].items()}}
+    parts = {"cond_encoder": {k: v for k, v in cvae_state.items() if k.startswith("cond_encoder.")},
+             "decoder": {k: v for k, v in cvae_state.items() if k.startswith("decoder.")},
+             "mdn": mdn["model"], "vgg": {k: v.float() for k, v in mdn["vgg"].items()}}
     for name, state in parts.items():
         _save_tensors(out / f"{name}.pt", quantize_state(state, quantize))
     manifest = {"format": BUNDLE_FORMAT, "format_version": 1, "package_version": __version__,
@@ -116,8 +119,8 @@ def load_bundle(folder: str | os.PathLike):
         except Exception as err:  # torch raises many types for a bad file; name the file and the reason
             raise CheckpointError(f"cannot read {folder / (name + '.pt')}: {err}") from err
         states[name] = dequantize_state(stored)
-    cvae, mdn, vgg = _build(manifest["cvae_config"], manifest["mdn_config"], states["cvae"], states["mdn"],
-                            states["vgg"])
+    cvae, mdn, vgg = _build(manifest["cvae_config"], manifest["mdn_config"],
+                            {**states["cond_encoder"], **states["decoder"]}, states["mdn"], states["vgg"])
     return cvae, mdn, vgg, {"source": str(folder), **manifest}
 
 

@@ -252,5 +252,97 @@ def _run_training(job) -> None:
     reporter.log(f"wrote {path}")
 
 
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+@main.command("evaluate")
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False),
+              help="file of image paths relative to DATA (default: walk DATA)")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="default: the bundled model")
+@click.option("--samples", "-n", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="only the first N images")
+@_device_option
+@click.option("--bf16/--no-bf16", default=None, help="bf16 autocast (default: as for colorizing)")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write a tiled sheet of the first test images here (samples | grey | truth)")
+@click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON on stdout")
+def evaluate_cmd(data, list_file, model, samples, limit, device, bf16, batch_size, seed, sheet, as_json):
+    """Metrics on held-out colour photos: error-of-best, diversity, PSNR, colourfulness, with baselines."""
+    import json
+
+    from .colorizer import Colorizer
+    from .evaluate import evaluate, evaluation_list
+
+    dev = _resolve_device(device)
+    try:
+        colorizer = Colorizer.load(model, dev, _bf16_default(bf16, dev))
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        click.echo(f"colorize: error: {err}", err=True)
+        sys.exit(2)
+    rel = evaluation_list(data, list_file, limit)
+    if not rel:
+        click.echo(f"colorize: error: no images under {data}", err=True)
+        sys.exit(2)
+    reporter = _RichReporter()
+    bar = reporter.progress(len(rel), "evaluating") if not as_json else None
+    result = evaluate(colorizer, data, rel, samples, batch_size, seed, sheet,
+                      progress=(lambda n: bar.advance(n)) if bar else None)
+    if bar:
+        bar.close()
+    for line in result.skipped:
+        click.echo(f"colorize: skipped {line}", err=True)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_evaluation(result)
+    sys.exit(0 if result.images else 1)
+
+
+def _print_evaluation(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .evaluate import METHOD_NAMES
+
+    table = Table(title=f"{result.images} images, {result.samples} samples each (ab in the seed's units, 64x64)")
+    cols = [("best", "error-of-best"), ("top1", "top-1 error"), ("mean", "mean error"),
+            ("diversity", "diversity"), ("psnr_best", "PSNR best (dB)"), ("colourfulness", "colourfulness")]
+    table.add_column("method")
+    for _, title in cols:
+        table.add_column(title, justify="right")
+    for key, name in METHOD_NAMES.items():
+        m = result.methods[key]
+        table.add_row(name, *(f"{m[k]:.4f}" if k not in ("psnr_best", "colourfulness") else f"{m[k]:.2f}"
+                              for k, _ in cols))
+    table.add_row("ground truth", "", "", "", "", "", f"{result.truth_colourfulness:.2f}")
+    console = Console()  # the table is the result: stdout
+    if not console.is_terminal:
+        console = Console(width=150)
+    console.print(table)
+
+
+@main.command("export")
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="bundle folder to write (manifest.json + one .pt file per part)")
+@click.option("--quantize", type=click.Choice(["int8", "fp16", "fp32"]), default="int8", show_default=True,
+              help="weight storage: int8 per output channel (smallest), fp16, or fp32")
+def export_cmd(run, out, quantize):
+    """Make an inference bundle from a training run (drops the training-only colour encoder)."""
+    from .bundle import export_bundle
+    from .checkpoint import CheckpointError
+
+    try:
+        folder = export_bundle(run, out, quantize)
+    except CheckpointError as err:
+        click.echo(f"colorize: error: {err}", err=True)
+        sys.exit(2)
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    click.echo(f"wrote {folder} ({size / 2**20:.1f} MiB, {quantize})", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -52,10 +52,13 @@ def _taps(n_in: int, n_out: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return i0, i1, (pos - i0).astype(np.float32)
 
 
-def merge(l_u8: np.ndarray, ab: np.ndarray) -> np.ndarray:
-    """L (H, W) uint8 + normalised ab (2, h, w) at model size -> BGR (H, W, 3), strip by strip."""
+def merge(l_u8: np.ndarray, ab: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """L (H, W) uint8 + normalised ab (2, h, w) at model size -> BGR (H, W, 3), strip by strip.
+
+    ``out``: an (H, W, 3) uint8 array (or view) to fill instead of a new one.
+    """
     h, w = l_u8.shape
-    out = np.empty((h, w, 3), np.uint8)
+    out = np.empty((h, w, 3), np.uint8) if out is None else out
     step = max(1, STRIP_PIXELS // max(w, 1))
     for top in range(0, h, step):
         rows = slice(top, min(top + step, h))

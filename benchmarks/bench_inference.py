@@ -1,0 +1,183 @@
+"""Colorizing speed against the seed-style reference, in one run, printing one table.
+
+    python benchmarks/bench_inference.py [--device cpu] [--images 64] [--model PATH] [--scans]
+
+Rows (all with 8 samples per image):
+  (a) seed-style reference: the tutorial's inference loop, fp32 -- VGG + MDN per batch of 32, then per image
+      a batch of 32 full CVAE passes (colour encoder, condition encoder, decoder) with the 8 means tiled 4x;
+  (b) colorize model-only: Colorizer.predict on batches (condition encoder once per image, decoder per
+      sample), fp32 and bf16, with the bf16-vs-fp32 difference of the ab outputs;
+  (c) colorize end to end, file to file: the `colorize` command in a subprocess on a folder of LFW photos
+      (and with --scans a folder of 2-12 megapixel scans), wall time including start-up and model load,
+      and peak RSS of that process.
+Images: the first N of ../shared/data/lfw-splits/test.txt when ../shared is beside the repo, else synthetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def _lfw_images(n: int, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    listing = SHARED / "data" / "lfw-splits" / "test.txt"
+    out = []
+    if listing.is_file():
+        for rel in listing.read_text().splitlines()[:n]:
+            dst = folder / Path(rel).name
+            shutil.copy(SHARED / "data" / rel, dst)
+            out.append(dst)
+    else:
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            img = cv2.GaussianBlur(rng.integers(0, 256, (250, 250, 3), dtype=np.uint8), (0, 0), 8)
+            cv2.imwrite(str(folder / f"synthetic_{i:03d}.jpg"), img)
+            out.append(folder / f"synthetic_{i:03d}.jpg")
+    return out
+
+
+def _scan_images(folder: Path) -> list[Path]:
+    """Four scans of 2, 4, 8 and 12 megapixels, upscaled from a real old photo (or synthetic)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    src = next(iter(sorted((SHARED / "data" / "old_photos" / "ddcolor").glob("*.jpg"))), None)
+    base = cv2.imread(str(src)) if src else cv2.GaussianBlur(
+        np.random.default_rng(1).integers(0, 256, (900, 1200, 3), dtype=np.uint8), (0, 0), 6)
+    out = []
+    for mp in (2, 4, 8, 12):
+        h, w = base.shape[:2]
+        scale = (mp * 1e6 / (h * w)) ** 0.5
+        img = cv2.resize(base, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_CUBIC)
+        path = folder / f"scan_{mp:02d}mp.jpg"
+        cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        out.append(path)
+    return out
+
+
+def _prepared(paths):
+    from colorize_cli.colorizer import prepare
+
+    preps = [prepare(cv2.imread(str(p))) for p in paths]
+    return np.stack([p.l64 for p in preps]), np.stack([p.l224 for p in preps])
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def seed_style(colorizer, l64, l224, device, batch=32) -> float:
+    """The tutorial's loop, fp32: a full CVAE (with its colour encoder) on 32 tiled copies per image."""
+    from colorize_cli.color import normalize_u8
+    from colorize_cli.models import CVAE
+
+    cvae = CVAE(colorizer.cvae.cfg).to(device).eval()
+    cvae.cond_encoder.load_state_dict(colorizer.cvae.cond_encoder.state_dict())
+    cvae.decoder.load_state_dict(colorizer.cvae.decoder.state_dict())
+    bf16, colorizer.bf16 = colorizer.bf16, False
+    _sync(device)
+    t0 = time.perf_counter()
+    for start in range(0, len(l64), batch):
+        means, weights = colorizer.mixture(l224[start:start + batch])
+        for j in range(len(means)):
+            grey = torch.from_numpy(normalize_u8(l64[start + j])).to(device)[None, None].repeat(batch, 1, 1, 1)
+            color = torch.zeros(batch, 2, 64, 64, device=device)   # the tutorial feeds the batch's colour
+            z = means[j].repeat(batch // means.shape[1], 1)
+            cvae(color, grey, z)
+    _sync(device)
+    colorizer.bf16 = bf16
+    return len(l64) / (time.perf_counter() - t0)
+
+
+def model_only(colorizer, l64, l224, device, bf16: bool, batch: int) -> tuple[float, np.ndarray]:
+    colorizer.bf16 = bf16
+    colorizer.predict(l64[:batch], l224[:batch], 8)   # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    outs = []
+    for start in range(0, len(l64), batch):
+        outs += [p.ab for p in colorizer.predict(l64[start:start + batch], l224[start:start + batch], 8)]
+    _sync(device)
+    return len(l64) / (time.perf_counter() - t0), np.stack(outs)
+
+
+def end_to_end(folder: Path, out: Path, model: str | None, device: str, extra: list[str]) -> tuple[float, float]:
+    cmd = [sys.executable, "-m", "colorize_cli", str(folder), "--output", str(out), "--samples", "8",
+           "--device", device, "--quiet", *extra]
+    if model:
+        cmd += ["--model", model]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
+    _, status, usage = os.wait4(proc.pid, 0)   # this child's own rusage
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"colorize exited {proc.returncode}")
+    return wall, usage.ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+
+
+def main() -> None:
+    from colorize_cli.colorizer import Colorizer
+    from colorize_cli.device import cpu_has_fast_bf16, resolve_device
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    ap.add_argument("--scans", action="store_true", help="also time a folder of 2-12 megapixel scans")
+    ap.add_argument("--skip-seed", action="store_true")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    colorizer = Colorizer.load(args.model, device)
+    tmp = Path(tempfile.mkdtemp(prefix="colorize-bench-"))
+    try:
+        paths = _lfw_images(args.images, tmp / "lfw")
+        l64, l224 = _prepared(paths)
+        rows = []
+        setting = f"{device.type}, {torch.get_num_threads()} threads"
+        if not args.skip_seed:
+            seed_rate = seed_style(colorizer, l64, l224, device)
+            rows.append(("(a) seed-style reference, model-only", f"{setting}, fp32, batch 32", seed_rate, ""))
+        else:
+            seed_rate = float("nan")
+        fp32_rate, fp32_ab = model_only(colorizer, l64, l224, device, False, args.batch_size)
+        rows.append(("(b) colorize model-only", f"{setting}, fp32, batch {args.batch_size}", fp32_rate, ""))
+        bf16_rate, bf16_ab = model_only(colorizer, l64, l224, device, True, args.batch_size)
+        diff = np.abs(bf16_ab - fp32_ab)
+        rows.append(("(b) colorize model-only", f"{setting}, bf16, batch {args.batch_size}", bf16_rate,
+                     f"|bf16-fp32| ab: mean {diff.mean():.4f}, max {diff.max():.4f}"))
+        use_bf16 = device.type == "cuda" or cpu_has_fast_bf16()
+        mode = "bf16" if use_bf16 else "fp32"
+        wall, rss = end_to_end(tmp / "lfw", tmp / "out-lfw", args.model, args.device,
+                               ["--batch-size", str(args.batch_size)])
+        rows.append((f"(c) colorize end to end, {len(paths)} LFW jpgs", f"{setting}, {mode}, incl. start-up",
+                     len(paths) / wall, f"wall {wall:.1f} s, peak RSS {rss:.0f} MiB"))
+        if args.scans:
+            scans = _scan_images(tmp / "scans")
+            wall, rss = end_to_end(tmp / "scans", tmp / "out-scans", args.model, args.device, [])
+            rows.append((f"(c) colorize end to end, {len(scans)} scans 2-12 MP", f"{setting}, {mode}",
+                         len(scans) / wall, f"wall {wall:.1f} s, peak RSS {rss:.0f} MiB"))
+        print(f"{'row':44} {'settings':34} {'img/s':>8} {'vs (a)':>7}  notes")
+        for name, settings, rate, notes in rows:
+            print(f"{name:44} {settings:34} {rate:8.2f} {rate / seed_rate:6.1f}x  {notes}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The paper's metrics on held-out colour photos: grey them, colorize, compare with the truth."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .color import normalize_u8
+from .colorizer import Colorizer, image_seed
+from .data import list_images, model_views
+from .imageio import ImageReadError, read_image
+from .render import merge, sample_sheet
+
+
+def ab_distance(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Mean per-pixel L2 distance in (a, b). pred (..., 2, H, W), truth (2, H, W) -> (...)."""
+    return np.sqrt(((pred - truth) ** 2).sum(-3)).mean((-2, -1))
+
+
+def diversity(samples: np.ndarray) -> float:
+    """Mean pairwise per-pixel ab distance between an image's samples (N, 2, H, W)."""
+    n = len(samples)
+    if n < 2:
+        return 0.0
+    dists = [ab_distance(samples[i], samples[j]) for i in range(n) for j in range(i + 1, n)]
+    return float(np.mean(dists))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def colourfulness(bgr: np.ndarray) -> float:
+    """Hasler & Suesstrunk (2003): sqrt(std_rg^2 + std_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2)."""
+    b, g, r = (bgr[..., i].astype(np.float64) for i in range(3))
+    rg = r - g
+    yb = 0.5 * (r + g) - b
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+@dataclass
+class MethodStats:
+    """Per-image metric lists for one method."""
+
+    best: list[float] = field(default_factory=list)
+    top1: list[float] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    diversity: list[float] = field(default_factory=list)
+    psnr_best: list[float] = field(default_factory=list)
+    colourfulness: list[float] = field(default_factory=list)
+
+    def add(self, samples: np.ndarray, truth_ab: np.ndarray, l_full: np.ndarray, truth_bgr: np.ndarray) -> None:
+        errors = ab_distance(samples, truth_ab)
+        self.best.append(float(errors.min()))
+        self.top1.append(float(errors[0]))
+        self.mean.append(float(errors.mean()))
+        self.diversity.append(diversity(samples))
+        outs = [merge(l_full, s) for s in samples]
+        self.psnr_best.append(max(psnr(o, truth_bgr) for o in outs))
+        self.colourfulness.append(float(np.mean([colourfulness(o) for o in outs])))
+
+    def summary(self) -> dict:
+        return {k: float(np.mean(v)) for k, v in vars(self).items() if v}
+
+
+@dataclass
+class EvaluationResult:
+    images: int
+    samples: int
+    methods: dict[str, dict]
+    truth_colourfulness: float
+    skipped: list[str]
+
+    def to_json(self) -> dict:
+        return {"images": self.images, "samples": self.samples, "methods": self.methods,
+                "truth_colourfulness": self.truth_colourfulness, "skipped": self.skipped}
+
+
+METHOD_NAMES = {
+    "mdn": "MDN means (ours)",
+    "top1": "most probable only",
+    "cvae_normal": "CVAE, z ~ N(0, I)",
+    "grey": "grey (ab = 0)",
+}
+
+
+def evaluate(colorizer: Colorizer, root: str | os.PathLike, rel_paths: list[str], samples: int = 8,
+             batch_size: int = 32, seed: int = 0, sheet_path: str | os.PathLike | None = None,
+             sheet_images: int = 8, progress: Callable[[int], None] | None = None) -> EvaluationResult:
+    """Colorize each held-out image from its L alone and score it against its own colours."""
+    root = Path(root)
+    stats = {name: MethodStats() for name in ("mdn", "top1", "cvae_normal", "grey")}
+    truth_colour: list[float] = []
+    skipped: list[str] = []
+    sheet_rows: list[tuple] = []
+    gen = torch.Generator().manual_seed(seed)
+    for start in range(0, len(rel_paths), batch_size):
+        batch = []
+        for rel in rel_paths[start:start + batch_size]:
+            try:
+                img = read_image(root / rel)
+            except ImageReadError as err:
+                skipped.append(f"{rel}: {err}")
+                continue
+            lab, lab64, l224 = model_views(img.bgr)
+            batch.append((rel, img.bgr, np.ascontiguousarray(lab[..., 0]), lab64, l224))
+        if not batch:
+            continue
+        l64 = np.stack([b[3][..., 0] for b in batch])
+        l224 = np.stack([b[4] for b in batch])
+        preds = colorizer.predict(l64, l224, samples, [image_seed(seed, b[0]) for b in batch])
+        z = torch.randn(len(batch), samples, colorizer.cvae.cfg.latent, generator=gen)
+        normal_ab = colorizer.decode(z, l64).cpu().numpy()
+        for (rel, bgr, l_full, lab64, _), pred, normal in zip(batch, preds, normal_ab):
+            truth_ab = np.moveaxis(normalize_u8(lab64[..., 1:]), -1, 0)       # (2, 64, 64)
+            stats["mdn"].add(pred.ab, truth_ab, l_full, bgr)
+            stats["top1"].add(pred.ab[:1], truth_ab, l_full, bgr)
+            stats["cvae_normal"].add(normal, truth_ab, l_full, bgr)
+            grey = np.full((1,) + truth_ab.shape, normalize_u8(np.uint8(128)), np.float32)
+            stats["grey"].add(grey, truth_ab, l_full, bgr)
+            truth_colour.append(colourfulness(bgr))
+            if len(sheet_rows) < sheet_images:
+                sheet_rows.append((pred.ab, truth_ab, l_full))
+        if progress is not None:
+            progress(len(batch))
+    if sheet_path is not None and sheet_rows:
+        from .imageio import encode_image, write_atomic
+
+        img = sample_sheet(np.stack([r[0] for r in sheet_rows]), np.stack([r[1] for r in sheet_rows]),
+                           [r[2] for r in sheet_rows], cols=samples)
+        write_atomic(sheet_path, encode_image(img, "png"))
+    methods = {name: s.summary() for name, s in stats.items()}
+    return EvaluationResult(len(truth_colour), samples, methods,
+                            float(np.mean(truth_colour)) if truth_colour else float("nan"), skipped)
+
+
+def evaluation_list(root: str | os.PathLike, list_file: str | None, limit: int | None) -> list[str]:
+    rel = list_images(root, list_file)
+    return rel[:limit] if limit else rel
