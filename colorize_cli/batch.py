@@ -10,14 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import cv2
 import numpy as np
 
 from .colorizer import Colorizer, PreparedImage, image_seed, prepare
-from .imageio import ImageReadError, encode_image, is_image_path, read_image, write_atomic
-from .render import merge
+from .imageio import (ImageReadError, encode_image, is_image_path, read_image, write_atomic,
+                      write_png_streaming)
+from .render import sheet_shape, sheet_strips
 
 OUTPUT_TAG = ".colorized"
 FORMATS = ("png", "jpg", "webp")
+#: full-resolution pixels of the inputs in one model batch at most (their L planes wait for the writers)
+MAX_BATCH_PIXELS = 100_000_000
 
 
 @dataclass
@@ -149,33 +153,38 @@ def _sheet_cols(n: int) -> int:
     return min(n, 4)
 
 
+def sheet_gap(h: int, w: int) -> int:
+    return max(2, min(h, w) // 100)
+
+
+def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, opts: BatchOptions) -> None:
+    h, w = l_full.shape
+    height, width = sheet_shape(h, w, len(samples), cols, gap)
+    parts = sheet_strips(l_full, alpha, samples, cols, gap)
+    if opts.fmt == "png":
+        # streamed: a sheet of a 50-megapixel scan is never whole in memory
+        level = 3 if opts.quality is None else int(round(9 - 9 * opts.quality / 100))
+        write_png_streaming(path, height, width, 3 if alpha is None else 4, parts, level)
+    else:
+        write_atomic(path, encode_image(np.concatenate(list(parts)), opts.fmt, opts.quality))
+
+
 def _write(dec: _Decoded, ab: np.ndarray, weights: np.ndarray, opts: BatchOptions) -> ItemResult:
     item = dec.item
+    l_full, alpha = dec.prep.l_full, dec.alpha
+    gap = sheet_gap(*l_full.shape)
+    written = []
     try:
-        h, w = dec.prep.l_full.shape
-        channels = 3 if dec.alpha is None else 4
-        gap = max(2, min(h, w) // 100)
-        cols = _sheet_cols(len(ab))
-        rows = -(-len(ab) // cols)
-        # each sample is merged straight into its place on the sheet: no second full-size copy per sample
-        sheet = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, channels), 255, np.uint8)
-        tiles = []
-        for i, sample_ab in enumerate(ab):
-            r, c = divmod(i, cols)
-            view = sheet[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w]
-            merge(dec.prep.l_full, sample_ab, out=view[..., :3])
-            if dec.alpha is not None:
-                view[..., 3] = dec.alpha
-            tiles.append(view)
-        written = []
         # singles first, the sheet last: the sheet's presence marks the input as done for a rerun
-        for path, img in [*zip(item.singles, tiles), (item.sheet, sheet)]:
-            write_atomic(path, encode_image(np.ascontiguousarray(img), opts.fmt, opts.quality))
+        for path, sample in zip(item.singles, ab):
+            _save(path, l_full, alpha, sample[None], 1, gap, opts)
             written.append(str(path))
-    except (OSError, ValueError, MemoryError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err) or type(err).__name__
+        _save(item.sheet, l_full, alpha, ab, _sheet_cols(len(ab)), gap, opts)
+        written.append(str(item.sheet))
+    except (OSError, ValueError, MemoryError, cv2.error) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip() or type(err).__name__
         return ItemResult(str(item.path), "failed", seconds=time.perf_counter() - dec.started,
-                          error=f"cannot write output: {reason}")
+                          error=f"cannot write output: {reason.splitlines()[-1]}")
     return ItemResult(str(item.path), "done", written, [float(w) for w in weights],
                       time.perf_counter() - dec.started)
 
@@ -213,7 +222,9 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
         refill()
         while decoding:
             batch: list[_Decoded] = []
-            while decoding and len(batch) < opts.batch_size:
+            pixels = 0
+            # a batch also closes early on a pixel budget, so a folder of huge scans stays within memory
+            while decoding and len(batch) < opts.batch_size and pixels < MAX_BATCH_PIXELS:
                 got = decoding.popleft().result()
                 refill()
                 if isinstance(got, ItemResult):
@@ -223,6 +234,7 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
                                               seconds=time.perf_counter() - got.started, error=got.error))
                 else:
                     batch.append(got)
+                    pixels += got.prep.l_full.size
             if batch:
                 l64 = np.stack([d.prep.l64 for d in batch])
                 l224 = np.stack([d.prep.l224 for d in batch])

@@ -7,6 +7,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -198,3 +199,54 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_png_streaming(path: str | os.PathLike, height: int, width: int, channels: int,
+                        strips: Iterable[np.ndarray], level: int = 3) -> None:
+    """Write a PNG from row strips ((rows, width, channels) uint8, top to bottom) without holding it whole.
+
+    Rows use PNG's 'Sub' filter (each byte minus the one a pixel to its left), which suits photos; the
+    file goes to a temporary name first and is renamed when complete.
+    """
+    import struct
+    import zlib
+
+    if channels not in (1, 3, 4):
+        raise ValueError(f"PNG rows need 1, 3 or 4 channels, not {channels}")
+    color_type = {1: 0, 3: 2, 4: 6}[channels]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    fd, tmp = tempfile.mkstemp(prefix=".colorize-", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n")
+            f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
+            comp = zlib.compressobj(level)
+            rows_written = 0
+            for strip in strips:
+                # OpenCV order (BGR/BGRA) -> PNG order (RGB/RGBA)
+                rgb = strip[..., [2, 1, 0, 3][:channels]] if channels > 1 else strip.reshape(strip.shape[0], width, 1)
+                flat = np.ascontiguousarray(rgb).reshape(rgb.shape[0], width * channels)
+                filtered = np.empty((flat.shape[0], flat.shape[1] + 1), np.uint8)
+                filtered[:, 0] = 1                                       # filter type: Sub
+                filtered[:, 1:channels + 1] = flat[:, :channels]
+                filtered[:, channels + 1:] = flat[:, channels:] - flat[:, :-channels]   # wraps mod 256
+                data = comp.compress(filtered.tobytes())
+                if data:
+                    f.write(chunk(b"IDAT", data))
+                rows_written += flat.shape[0]
+            if rows_written != height:
+                raise ValueError(f"PNG writer got {rows_written} rows, expected {height}")
+            f.write(chunk(b"IDAT", comp.flush()))
+            f.write(chunk(b"IEND", b""))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -59,11 +60,51 @@ def merge(l_u8: np.ndarray, ab: np.ndarray, out: np.ndarray | None = None) -> np
     """
     h, w = l_u8.shape
     out = np.empty((h, w, 3), np.uint8) if out is None else out
-    step = max(1, STRIP_PIXELS // max(w, 1))
-    for top in range(0, h, step):
-        rows = slice(top, min(top + step, h))
-        out[rows] = l_ab_to_bgr(l_u8[rows], upsample_ab(ab, (h, w), rows))
+    for rows in strips(h, w):
+        out[rows] = merge_rows(l_u8, ab, rows)
     return out
+
+
+def merge_rows(l_u8: np.ndarray, ab: np.ndarray, rows: slice) -> np.ndarray:
+    """Rows ``rows`` of ``merge(l_u8, ab)``: (len(rows), W, 3) uint8."""
+    return l_ab_to_bgr(l_u8[rows], upsample_ab(ab, l_u8.shape, rows))
+
+
+def strips(h: int, w: int) -> list[slice]:
+    step = max(1, STRIP_PIXELS // max(w, 1))
+    return [slice(top, min(top + step, h)) for top in range(0, h, step)]
+
+
+def sheet_shape(h: int, w: int, n: int, cols: int, gap: int) -> tuple[int, int]:
+    rows = -(-n // cols)
+    return rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap
+
+
+def sheet_strips(l_u8: np.ndarray, alpha: np.ndarray | None, samples: np.ndarray, cols: int, gap: int
+                 ) -> Iterator[np.ndarray]:
+    """A sheet of full-resolution colorizations, generated top to bottom in row strips.
+
+    l_u8 (H, W); alpha (H, W) or None; samples (N, 2, h, w) normalised ab; tiles row-major, ``gap`` px of
+    white between them. Yields (rows, sheet_W, 3 or 4) uint8 strips; never the whole sheet at once.
+    """
+    h, w = l_u8.shape
+    n = len(samples)
+    channels = 3 if alpha is None else 4
+    width = sheet_shape(h, w, n, cols, gap)[1]
+    for r in range(-(-n // cols)):
+        if r:
+            yield np.full((gap, width, channels), 255, np.uint8)
+        for rows in strips(h, width):
+            buf = np.full((rows.stop - rows.start, width, channels), 255, np.uint8)
+            for c in range(cols):
+                i = r * cols + c
+                if i >= n:
+                    break
+                x0 = c * (w + gap)
+                buf[:, x0:x0 + w, :3] = merge_rows(l_u8, samples[i], rows)
+                if alpha is not None:
+                    buf[:, x0:x0 + w, 3] = alpha[rows]
+            yield buf
 
 
 def sample_sheet(pred: np.ndarray, truth: np.ndarray, l_u8: np.ndarray, cols: int = 8, tile_px: int = 128

@@ -113,11 +113,11 @@ def _summary(console, counts: dict, ignored: int, elapsed: float, silent: bool) 
         from rich.table import Table
 
         table = Table(title="colorize", show_header=True)
-        for col in ("colorized", "skipped", "failed", "ignored (not images)", "seconds", "img/s"):
+        for col in ("colorized", "skipped", "failed", "ignored", "seconds", "img/s"):
             table.add_column(col, justify="right")
         table.add_row(str(counts["done"]), str(counts["skipped"]), str(counts["failed"]), str(ignored),
                       f"{elapsed:.1f}", f"{rate:.2f}")
         console.print(table)
     elif not silent:
         click.echo(f"colorize: {counts['done']} colorized, {counts['skipped']} skipped, {counts['failed']} failed, "
-                   f"{ignored} ignored (not images) in {elapsed:.1f} s ({rate:.2f} img/s)", err=True)
+                   f"{ignored} ignored (not images, or earlier outputs) in {elapsed:.1f} s ({rate:.2f} img/s)", err=True)
