@@ -81,3 +81,36 @@ def test_write_atomic_leaves_no_temp_files(tmp_path):
         write_atomic(tmp_path / f"out.{fmt}", encode_image(img, fmt, 90))
         assert cv2.imread(str(tmp_path / f"out.{fmt}")).shape == img.shape
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jpg", "out.png", "out.webp"]
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_streaming_png_round_trip(tmp_path, channels):
+    from colorize_cli.imageio import write_png_streaming
+
+    rng = np.random.default_rng(channels)
+    img = rng.integers(0, 256, (123, 77, channels), dtype=np.uint8)
+    write_png_streaming(tmp_path / "s.png", 123, 77, channels, (img[i:i + 10] for i in range(0, 123, 10)))
+    back = cv2.imread(str(tmp_path / "s.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(back.reshape(img.shape), img)
+    assert [p.name for p in tmp_path.iterdir()] == ["s.png"]
+    with pytest.raises(ValueError):
+        write_png_streaming(tmp_path / "bad.png", 50, 77, channels, [img[:10]])
+    assert not (tmp_path / "bad.png").exists() and len(list(tmp_path.iterdir())) == 1
+
+
+def test_sheet_strips_equal_whole_merge():
+    from colorize_cli import render
+    from colorize_cli.render import merge, sheet_shape, sheet_strips, tile
+
+    rng = np.random.default_rng(0)
+    l_full = rng.integers(0, 256, (90, 70), dtype=np.uint8)
+    samples = (rng.random((5, 2, 64, 64), dtype=np.float32) - 0.5) * 0.6
+    old = render.STRIP_PIXELS
+    render.STRIP_PIXELS = 1000   # force many strips
+    try:
+        sheet = np.concatenate(list(sheet_strips(l_full, None, samples, cols=3, gap=4)))
+    finally:
+        render.STRIP_PIXELS = old
+    assert sheet.shape[:2] == sheet_shape(90, 70, 5, 3, 4)
+    expected = tile([merge(l_full, s) for s in samples] + [np.full((90, 70, 3), 255, np.uint8)], cols=3, gap=4)
+    np.testing.assert_array_equal(sheet, expected)
