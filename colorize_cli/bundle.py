@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .atomic import atomic_write
 from .checkpoint import CheckpointError, read_checkpoint
 from .models import MDN, CVAEConfig, MDNConfig
 from .vgg import build_vgg
@@ -67,9 +68,8 @@ def dequantize_state(stored: dict) -> dict:
 
 
 def _save_tensors(path: Path, tensors: dict) -> None:
-    tmp = path.with_name(path.name + ".part")
-    torch.save(tensors, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save(tensors, f)
 
 
 def export_bundle(run: str | os.PathLike, out: str | os.PathLike, quantize: str = "int8") -> Path:

