@@ -215,7 +215,8 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
                     decoding.append(pool.submit(_decode, item))
 
         def drain(limit: int) -> Iterator[ItemResult]:
-            while len(writing) > limit:
+            # wait while more than ``limit`` writes are in flight; pass on finished ones in order either way
+            while writing and (len(writing) > limit or isinstance(writing[0], ItemResult) or writing[0].done()):
                 head = writing.popleft()
                 yield head if isinstance(head, ItemResult) else head.result()
 

@@ -96,10 +96,13 @@ def export_bundle(run: str | os.PathLike, out: str | os.PathLike, quantize: str 
 def _build(cvae_cfg: dict, mdn_cfg: dict, cvae_state: dict, mdn_state: dict, vgg_state: dict):
     from .colorizer import InferenceCVAE
 
-    cvae = InferenceCVAE(CVAEConfig(**cvae_cfg))
-    cvae.load_state_dict(cvae_state)
-    mdn = MDN(MDNConfig(**mdn_cfg))
-    mdn.load_state_dict(mdn_state)
+    # built on the meta device and given the loaded tensors (assign=True): no random initialisation, no
+    # second copy of the weights in memory while loading
+    with torch.device("meta"):
+        cvae = InferenceCVAE(CVAEConfig(**cvae_cfg))
+        mdn = MDN(MDNConfig(**mdn_cfg))
+    cvae.load_state_dict(cvae_state, assign=True)
+    mdn.load_state_dict(mdn_state, assign=True)
     return cvae, mdn, build_vgg(vgg_state)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -73,7 +74,9 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
         for result in results:
             counts[result.status] += 1
             if as_json:
+                # one line per input as soon as it is done, also into a pipe (`| jq`, a watcher)
                 click.echo(json.dumps(result.to_json()))
+                sys.stdout.flush()
             if result.status == "failed":
                 line = f"{result.input}: {result.error}"
                 (progress.console.print(f"[red]error[/red] {line}", highlight=False) if interactive
