@@ -1,0 +1,63 @@
+"""Device handling; the CUDA path itself only where a GPU is present (skipped on CI)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from colorize_cli.cli import main
+from colorize_cli.colorizer import Colorizer
+from colorize_cli.device import DeviceError, resolve_device
+
+from conftest import synthetic_photo
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def test_device_specs():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu", "cuda:x", "mps0"):
+        with pytest.raises(DeviceError):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CUDA"):
+            resolve_device("cuda")
+
+
+def test_unavailable_device_is_a_usage_error(tmp_path, tiny_run):
+    cv2.imwrite(str(tmp_path / "a.jpg"), synthetic_photo(np.random.default_rng(0)))
+    result = CliRunner().invoke(main, [str(tmp_path), "--model", str(tiny_run), "--device", "cuda:7"])
+    assert result.exit_code == 2
+    assert "cuda:7" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.glob("*.colorized*"))
+
+
+@cuda
+def test_cuda_matches_cpu(tiny_run):
+    rng = np.random.default_rng(0)
+    l64 = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    l224 = rng.integers(0, 256, (3, 224, 224), dtype=np.uint8)
+    on_cpu = Colorizer.load(tiny_run, "cpu").predict(l64, l224, 10, [1, 2, 3])
+    on_gpu = Colorizer.load(tiny_run, "cuda").predict(l64, l224, 10, [1, 2, 3])
+    for a, b in zip(on_cpu, on_gpu):
+        # TF32 convolutions on the GPU: close, not bit-equal
+        assert np.abs(a.ab - b.ab).max() < 2e-2
+        np.testing.assert_allclose(a.weights, b.weights, atol=1e-3)
+
+
+@cuda
+def test_cli_on_cuda(tmp_path, tiny_run):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"p{i}.jpg"), synthetic_photo(np.random.default_rng(i)))
+    result = CliRunner().invoke(main, [str(tmp_path), "--model", str(tiny_run), "--device", "cuda",
+                                       "--samples", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in result.output.splitlines() if x.startswith("{")]
+    assert [x["status"] for x in lines] == ["done"] * 3
+    assert all(cv2.imread(str(tmp_path / f"p{i}.colorized.png")) is not None for i in range(3))
