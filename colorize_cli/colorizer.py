@@ -147,13 +147,13 @@ class Colorizer:
     @torch.no_grad()
     def decode(self, z: torch.Tensor, l64: np.ndarray) -> torch.Tensor:
         """Latents (B, N, D) + L at 64 (B, 64, 64) uint8 -> ab (B, N, 2, 64, 64) float32 on the device."""
-        b, n, d = z.shape
+        b, n, _ = z.shape
         grey = torch.from_numpy(normalize_u8(l64)).to(self.device)[:, None]      # (B, 1, 64, 64)
         with autocast(self.device, self.bf16):
-            # the condition encoder runs once per image, the decoder once per sample
+            # the condition encoder (and the decoder's convolutions of its features) once per image,
+            # the rest of the decoder once per sample
             feats = self.cvae.cond_encoder(grey)
-            feats = [f.repeat_interleave(n, 0) for f in feats]
-            ab = self.cvae.decoder(z.reshape(b * n, d).to(self.device), *feats)
+            ab = self.cvae.decoder.forward_samples(z.to(self.device), *feats)
         return ab.float().reshape(b, n, 2, CVAE_SIZE, CVAE_SIZE)
 
     def predict(self, l64: np.ndarray, l224: np.ndarray, samples: int = 8,

@@ -176,6 +176,16 @@ def _resume_state(ckpt_path: Path, resume: bool, reporter: Reporter) -> dict | N
     return state
 
 
+def _restore(state: dict | None, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Load a resumed checkpoint's weights, optimiser and RNG; returns the epoch to start from."""
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"])
+
+
 def train_vae(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: torch.device,
               reporter: Reporter | None = None, resume: bool = False,
               model_cfg: CVAEConfig = CVAEConfig()) -> Path:
@@ -194,12 +204,7 @@ def train_vae(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
 
     model = CVAE(model_cfg).to(device)
     opt = adam(model.parameters(), cfg.lr, device)
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = state["epoch"]
+    start_epoch = _restore(state, model, opt)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         batches = batch_indices(len(train), cfg.batch_size, _seeded_rng(cfg.seed, epoch), drop_last=True)
@@ -398,12 +403,7 @@ def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
 
     mdn = MDN(model_cfg).to(device)
     opt = adam(mdn.parameters(), cfg.lr, device)
-    start_epoch = 0
-    if state is not None:
-        mdn.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = state["epoch"]
+    start_epoch = _restore(state, mdn, opt)
     for epoch in range(start_epoch, cfg.epochs):
         mdn.train()
         batches = batch_indices(len(train), cfg.batch_size, _seeded_rng(cfg.seed, epoch), drop_last=True)
