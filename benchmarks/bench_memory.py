@@ -108,6 +108,8 @@ def huge_scan(megapixels: float, tmp: Path, extra: list[str]) -> None:
     cmd = _command(inputs, tmp / "out", ["--quiet", *extra])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
+    # ru_maxrss of the child counts from fork, so it includes this script's RSS at that moment: keep this
+    # process small (only numpy and OpenCV here, the input image freed above)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
