@@ -92,13 +92,8 @@ class Decoder(nn.Module):
         return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
 
     def forward(self, z: torch.Tensor, f32, f16, f8, f4) -> torch.Tensor:
-        # (B, latent, 1, 1) -> bilinear x4 of a 1x1 map is a constant 4x4 map
-        x = self._up(z.reshape(-1, self.latent, 1, 1), 4)
-        x = self.bn1(F.relu(self.conv1(torch.cat([x, f4], 1))))            # (B, 512, 4, 4)
-        x = self.bn2(F.relu(self.conv2(torch.cat([self._up(x, 2), f8], 1))))   # (B, 256, 8, 8)
-        x = self.bn3(F.relu(self.conv3(torch.cat([self._up(x, 2), f16], 1))))  # (B, 128, 16, 16)
-        x = self.bn4(F.relu(self.conv4(torch.cat([self._up(x, 2), f32], 1))))  # (B, 64, 32, 32)
-        return torch.tanh(self.conv5(self._up(x, 2)))                           # (B, 2, 64, 64)
+        """z (B, latent) + the condition features of the same B images -> ab (B, 2, 64, 64)."""
+        return self._layers(z, (f32, f16, f8, f4), lambda conv, x, skip: conv(torch.cat([x, skip], 1)))
 
     def forward_samples(self, z: torch.Tensor, f32, f16, f8, f4) -> torch.Tensor:
         """N latents per image: z (B, N, latent) + one image's features each -> ab (B * N, 2, 64, 64).
@@ -116,12 +111,18 @@ class Decoder(nn.Module):
             shared = F.conv2d(skip, conv.weight[:, c:], conv.bias, conv.stride, conv.padding)
             return (y.unflatten(0, (b, n)) + shared[:, None]).flatten(0, 1)
 
-        x = self._up(z.reshape(b * n, d, 1, 1), 4)
-        x = self.bn1(F.relu(conv_split(self.conv1, x, f4)))                    # (B*N, 512, 4, 4)
-        x = self.bn2(F.relu(conv_split(self.conv2, self._up(x, 2), f8)))       # (B*N, 256, 8, 8)
-        x = self.bn3(F.relu(conv_split(self.conv3, self._up(x, 2), f16)))      # (B*N, 128, 16, 16)
-        x = self.bn4(F.relu(conv_split(self.conv4, self._up(x, 2), f32)))      # (B*N, 64, 32, 32)
-        return torch.tanh(self.conv5(self._up(x, 2)))                           # (B*N, 2, 64, 64)
+        return self._layers(z.reshape(b * n, d), (f32, f16, f8, f4), conv_split)
+
+    def _layers(self, z: torch.Tensor, skips: tuple, conv_with_skip) -> torch.Tensor:
+        """The layer chain; ``conv_with_skip(conv, x, skip)`` applies ``conv`` to x concatenated with skip."""
+        f32, f16, f8, f4 = skips
+        # (B, latent, 1, 1) -> bilinear x4 of a 1x1 map is a constant 4x4 map
+        x = self._up(z.reshape(-1, self.latent, 1, 1), 4)
+        x = self.bn1(F.relu(conv_with_skip(self.conv1, x, f4)))                  # (B, 512, 4, 4)
+        x = self.bn2(F.relu(conv_with_skip(self.conv2, self._up(x, 2), f8)))     # (B, 256, 8, 8)
+        x = self.bn3(F.relu(conv_with_skip(self.conv3, self._up(x, 2), f16)))    # (B, 128, 16, 16)
+        x = self.bn4(F.relu(conv_with_skip(self.conv4, self._up(x, 2), f32)))    # (B, 64, 32, 32)
+        return torch.tanh(self.conv5(self._up(x, 2)))                             # (B, 2, 64, 64)
 
 
 class CVAE(nn.Module):

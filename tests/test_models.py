@@ -34,3 +34,23 @@ def test_eval_mode_is_deterministic():
     model = MDN().eval()
     feats = torch.randn(1, 512, 28, 28)
     assert torch.equal(model(feats), model(feats))
+
+
+def test_decoder_forward_samples_equals_repeated_forward():
+    import torch
+
+    from colorize_cli.models import CVAE
+
+    torch.manual_seed(0)
+    model = CVAE().eval()
+    for m in model.modules():   # non-trivial BatchNorm statistics, so the check covers them
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    grey, z = torch.randn(3, 1, 64, 64), torch.randn(3, 5, 64)
+    with torch.no_grad():
+        feats = model.cond_encoder(grey)
+        repeated = model.decoder(z.reshape(15, 64), *[f.repeat_interleave(5, 0) for f in feats])
+        shared = model.decoder.forward_samples(z, *feats)
+    assert shared.shape == (15, 2, 64, 64)
+    torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=0)
