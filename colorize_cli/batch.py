@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .colorizer import Colorizer, PreparedImage, image_seed, prepare
-from .imageio import (ImageReadError, encode_image, is_image_path, read_image, write_atomic,
+from .imageio import (ImageReadError, encode_image, is_image_path, png_level, read_image, write_atomic,
                       write_png_streaming)
 from .render import sheet_shape, sheet_strips
 
@@ -163,8 +163,7 @@ def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, o
     parts = sheet_strips(l_full, alpha, samples, cols, gap)
     if opts.fmt == "png":
         # streamed: a sheet of a 50-megapixel scan is never whole in memory
-        level = 3 if opts.quality is None else int(round(9 - 9 * opts.quality / 100))
-        write_png_streaming(path, height, width, 3 if alpha is None else 4, parts, level)
+        write_png_streaming(path, height, width, 3 if alpha is None else 4, parts, png_level(opts.quality))
     else:
         write_atomic(path, encode_image(np.concatenate(list(parts)), opts.fmt, opts.quality))
 

@@ -77,8 +77,10 @@ class Colorizer:
                  bf16: bool = False, info: dict | None = None):
         self.device = device
         self.bf16 = bf16
-        self.cvae = cvae.to(device).eval()
-        self.mdn = mdn.to(device).eval()
+        # channels_last: oneDNN's fast convolution layout (the decoder measured 25 -> 11.5 ms per image for 8
+        # samples in bf16 on this project's 2-core AMX CPU); the same numbers up to float rounding
+        self.cvae = cvae.to(device, memory_format=torch.channels_last).eval()
+        self.mdn = mdn.to(device, memory_format=torch.channels_last).eval()
         self.vgg = vgg.to(device).eval()
         self.info = info or {}
         for p in self.parameters():

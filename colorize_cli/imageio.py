@@ -167,9 +167,7 @@ def encode_image(img: np.ndarray, fmt: str, quality: int | None = None) -> bytes
     elif fmt == "webp":
         params = [cv2.IMWRITE_WEBP_QUALITY, 95 if quality is None else int(quality)]
     elif fmt == "png":
-        # quality 0..100 maps to compression 9..0; png is lossless either way
-        level = 3 if quality is None else int(round(9 - 9 * min(max(quality, 0), 100) / 100))
-        params = [cv2.IMWRITE_PNG_COMPRESSION, level]
+        params = [cv2.IMWRITE_PNG_COMPRESSION, png_level(quality)]
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     ok, buf = cv2.imencode(ENCODE_EXT[fmt], img, params)
@@ -184,12 +182,23 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+#: zlib level of PNG outputs when no --quality is given. With the 'Up' filter below, level 1 made a real
+#: 8-sample LFW sheet of 682 kB in 26 ms, level 3 639 kB in 50 ms (the old 'Sub' filter: 738 kB in 52 ms)
+PNG_LEVEL = 1
+
+
+def png_level(quality: int | None) -> int:
+    """--quality 0..100 -> zlib level 9..0 (png is lossless either way); None -> ``PNG_LEVEL``."""
+    return PNG_LEVEL if quality is None else int(round(9 - 9 * min(max(quality, 0), 100) / 100))
+
+
 def write_png_streaming(path: str | os.PathLike, height: int, width: int, channels: int,
-                        strips: Iterable[np.ndarray], level: int = 3) -> None:
+                        strips: Iterable[np.ndarray], level: int = PNG_LEVEL) -> None:
     """Write a PNG from row strips ((rows, width, channels) uint8, top to bottom) without holding it whole.
 
-    Rows use PNG's 'Sub' filter (each byte minus the one a pixel to its left), which suits photos; the
-    file goes to a temporary name first and is renamed when complete.
+    Rows use PNG's 'Up' filter (each byte minus the one above it): it costs one subtraction, and on
+    colorization sheets it compressed 13% better than 'Sub' and faster. The file goes to a temporary name
+    first and is renamed when complete.
     """
     import struct
     import zlib
@@ -206,15 +215,17 @@ def write_png_streaming(path: str | os.PathLike, height: int, width: int, channe
         f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
         comp = zlib.compressobj(level)
         rows_written = 0
+        above = np.zeros((1, width * channels), np.uint8)   # the row above the strip (zeros above row 0)
         for strip in strips:
             # OpenCV order (BGR/BGRA) -> PNG order (RGB/RGBA)
             rgb = strip[..., [2, 1, 0, 3][:channels]] if channels > 1 else strip.reshape(strip.shape[0], width, 1)
             flat = np.ascontiguousarray(rgb).reshape(rgb.shape[0], width * channels)
             filtered = np.empty((flat.shape[0], flat.shape[1] + 1), np.uint8)
-            filtered[:, 0] = 1                                       # filter type: Sub
-            filtered[:, 1:channels + 1] = flat[:, :channels]
-            filtered[:, channels + 1:] = flat[:, channels:] - flat[:, :-channels]   # wraps mod 256
-            data = comp.compress(filtered.tobytes())
+            filtered[:, 0] = 2                                       # filter type: Up
+            filtered[:1, 1:] = flat[:1] - above                      # wraps mod 256, as PNG wants
+            filtered[1:, 1:] = flat[1:] - flat[:-1]
+            above = flat[-1:].copy()
+            data = comp.compress(filtered)
             if data:
                 f.write(chunk(b"IDAT", data))
             rows_written += flat.shape[0]

@@ -30,19 +30,41 @@ STRIP_PIXELS = 1 << 20
 
 
 def upsample_ab(ab: np.ndarray, size: tuple[int, int], rows: slice | None = None) -> np.ndarray:
-    """Normalised ab (2, h, w) -> (rows, W, 2) float32, bilinear with cv2.resize's pixel-centre convention.
+    """Normalised ab (2, h, w) -> (rows, W, 2), or (N, 2, h, w) -> (N, rows, W, 2), float32, bilinear.
 
-    size is the full (H, W); ``rows`` picks a strip of output rows (default: all).
+    size is the full (H, W); ``rows`` picks a strip of output rows (default: all). cv2.resize's
+    pixel-centre convention, computed by cv2.resize (all N samples in one call) when the strip is the
+    whole image, else along x by cv2.resize and along y here, for the strip's rows only.
     """
+    ab = np.asarray(ab, np.float32)
+    n = ab.shape[0] if ab.ndim == 4 else 1
+    h_in, w_in = ab.shape[-2:]
     h_out, w_out = size
     rows = rows or slice(0, h_out)
-    src = np.moveaxis(np.asarray(ab, np.float32), 0, -1)                    # (h, w, 2)
-    h_in, w_in = src.shape[:2]
-    x0, x1, fx = _taps(w_in, w_out, np.arange(w_out))
-    y0, y1, fy = _taps(h_in, h_out, np.arange(rows.start, rows.stop))
-    # separable: along x for the (few) source rows, then along y for the strip's rows
-    across = src[:, x0] * (1 - fx)[None, :, None] + src[:, x1] * fx[None, :, None]   # (h, W, 2)
-    return across[y0] * (1 - fy)[:, None, None] + across[y1] * fy[:, None, None]
+    src = np.ascontiguousarray(np.moveaxis(ab.reshape(2 * n, h_in, w_in), 0, -1))   # (h, w, 2N)
+    if rows.start == 0 and rows.stop == h_out:
+        up = _resize(src, w_out, h_out)                                              # (H, W, 2N)
+    else:
+        y0, y1, fy = _taps(h_in, h_out, np.arange(rows.start, rows.stop))
+        top, bottom = int(y0.min()), int(y1.max()) + 1
+        across = _resize(src[top:bottom], w_out, bottom - top)   # same height: x only, rows untouched
+        fy = fy[:, None, None]
+        up = across[y0 - top] * (1 - fy) + across[y1 - top] * fy                     # (rows, W, 2N)
+    up = up.reshape(up.shape[0], w_out, n, 2)
+    return up[:, :, 0] if ab.ndim == 3 else np.moveaxis(up, 2, 0)
+
+
+#: the most channels OpenCV's Python binding passes to cv2.resize in one array (129 fails in 5.0)
+_RESIZE_CHANNELS = 128
+
+
+def _resize(src: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(h, w, C) float32 -> (height, width, C) bilinear, any C >= 2."""
+    parts = [cv2.resize(np.ascontiguousarray(src[..., i:i + _RESIZE_CHANNELS]), (width, height),
+                        interpolation=cv2.INTER_LINEAR)
+             for i in range(0, src.shape[-1], _RESIZE_CHANNELS)]
+    parts = [p[..., None] if p.ndim == 2 else p for p in parts]   # cv2 drops a single channel's axis
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, -1)
 
 
 def _taps(n_in: int, n_out: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,14 +116,13 @@ def sheet_strips(l_u8: np.ndarray, alpha: np.ndarray | None, samples: np.ndarray
     for r in range(-(-n // cols)):
         if r:
             yield np.full((gap, width, channels), 255, np.uint8)
+        row_samples = samples[r * cols:(r + 1) * cols]
         for rows in strips(h, width):
             buf = np.full((rows.stop - rows.start, width, channels), 255, np.uint8)
-            for c in range(cols):
-                i = r * cols + c
-                if i >= n:
-                    break
+            ups = upsample_ab(row_samples, (h, w), rows)          # (cols, rows, W, 2)
+            for c, up in enumerate(ups):
                 x0 = c * (w + gap)
-                buf[:, x0:x0 + w, :3] = merge_rows(l_u8, samples[i], rows)
+                buf[:, x0:x0 + w, :3] = l_ab_to_bgr(l_u8[rows], up)
                 if alpha is not None:
                     buf[:, x0:x0 + w, 3] = alpha[rows]
             yield buf

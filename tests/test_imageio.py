@@ -113,4 +113,6 @@ def test_sheet_strips_equal_whole_merge():
         render.STRIP_PIXELS = old
     assert sheet.shape[:2] == sheet_shape(90, 70, 5, 3, 4)
     expected = tile([merge(l_full, s) for s in samples] + [np.full((90, 70, 3), 255, np.uint8)], cols=3, gap=4)
-    np.testing.assert_array_equal(sheet, expected)
+    # strips interpolate along y in numpy, the whole image in cv2.resize: float rounding may flip a level
+    diff = np.abs(sheet.astype(np.int16) - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3

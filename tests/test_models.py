@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from colorize_cli.models import CVAE, MDN, count_parameters, split_mixture
@@ -54,3 +55,13 @@ def test_decoder_forward_samples_equals_repeated_forward():
         shared = model.decoder.forward_samples(z, *feats)
     assert shared.shape == (15, 2, 64, 64)
     torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=0)
+
+
+def test_vgg_architecture_is_torchvisions_vgg16_features():
+    torchvision = pytest.importorskip("torchvision")
+    from colorize_cli.vgg import VGG_LAYERS, vgg_architecture
+
+    ours = vgg_architecture()
+    theirs = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])[:VGG_LAYERS]
+    assert [repr(m) for m in ours] == [repr(m) for m in theirs]
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
