@@ -66,7 +66,8 @@ def _resolve_device(spec: str):
               help="mirror the input tree under this folder (default: beside each input)")
 @click.option("--separate", is_flag=True, help="also write each sample as its own image")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp"]), default="png", show_default=True)
-@click.option("--quality", type=click.IntRange(0, 100), default=None, help="jpg/webp quality (default 95)")
+@click.option("--quality", type=click.IntRange(0, 100), default=None,
+              help="jpg/webp quality (default 95); for png, 0..100 picks zlib level 9..0 (default level 1)")
 @_device_option
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same outputs")
