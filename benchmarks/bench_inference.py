@@ -34,43 +34,16 @@ from statistics import median
 import cv2
 import numpy as np
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-
-def _lfw_images(n: int, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    listing = SHARED / "data" / "lfw-splits" / "test.txt"
-    out = []
-    if listing.is_file():
-        for rel in listing.read_text().splitlines()[:n]:
-            dst = folder / Path(rel).name
-            shutil.copy(SHARED / "data" / rel, dst)
-            out.append(dst)
-    else:
-        rng = np.random.default_rng(0)
-        for i in range(n):
-            img = cv2.GaussianBlur(rng.integers(0, 256, (250, 250, 3), dtype=np.uint8), (0, 0), 8)
-            cv2.imwrite(str(folder / f"synthetic_{i:03d}.jpg"), img)
-            out.append(folder / f"synthetic_{i:03d}.jpg")
-    return out
+from bench_images import REPO, lfw_images, proc_mib, scan
 
 
 def _scan_images(folder: Path) -> list[Path]:
-    """Four scans of 2, 4, 8 and 12 megapixels, upscaled from a real old photo (or synthetic)."""
+    """Four scans of 2, 4, 8 and 12 megapixels."""
     folder.mkdir(parents=True, exist_ok=True)
-    src = next(iter(sorted((SHARED / "data" / "old_photos" / "ddcolor").glob("*.jpg"))), None)
-    base = cv2.imread(str(src)) if src else cv2.GaussianBlur(
-        np.random.default_rng(1).integers(0, 256, (900, 1200, 3), dtype=np.uint8), (0, 0), 6)
     out = []
     for mp in (2, 4, 8, 12):
-        h, w = base.shape[:2]
-        scale = (mp * 1e6 / (h * w)) ** 0.5
-        img = cv2.resize(base, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_CUBIC)
-        path = folder / f"scan_{mp:02d}mp.jpg"
-        cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        out.append(path)
+        out.append(folder / f"scan_{mp:02d}mp.jpg")
+        cv2.imwrite(str(out[-1]), scan(mp), [cv2.IMWRITE_JPEG_QUALITY, 92])
     return out
 
 
@@ -143,7 +116,7 @@ def end_to_end(folder: Path, out: Path, model: str | None, device: str, extra: l
 
     def watch() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _vm_hwm_mib(proc.pid))
+            peak[0] = max(peak[0], proc_mib(proc.pid, "VmHWM"))
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -157,16 +130,6 @@ def end_to_end(folder: Path, out: Path, model: str | None, device: str, extra: l
     q = max(1, len(arrivals) // 4)
     steady = (len(arrivals) - q) / max(arrivals[-1] - arrivals[q - 1], 1e-9) if len(arrivals) > q else float("nan")
     return EndToEnd(wall, steady, peak[0])
-
-
-def _vm_hwm_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass   # exited between poll() and the read
-    return 0.0
 
 
 def main() -> None:
@@ -187,7 +150,7 @@ def main() -> None:
     colorizer = Colorizer.load(args.model, device)
     tmp = Path(tempfile.mkdtemp(prefix="colorize-bench-"))
     try:
-        paths = _lfw_images(args.images, tmp / "lfw")
+        paths = lfw_images(args.images, tmp / "lfw")
         l64, l224 = _prepared(paths)
         rows = []
         setting = f"{device.type}, {torch.get_num_threads()} threads"
@@ -204,7 +167,7 @@ def main() -> None:
                      f"|bf16-fp32| ab: mean {diff.mean():.4f}, max {diff.max():.4f}"))
         use_bf16 = device.type == "cuda" or cpu_has_fast_bf16()
         mode = "bf16" if use_bf16 else "fp32"
-        e2e_count = len(_lfw_images(args.e2e_images, tmp / "lfw-e2e"))
+        e2e_count = len(lfw_images(args.e2e_images, tmp / "lfw-e2e"))
         batch = ["--batch-size", str(args.batch_size)]
         # name -> (folder, photos in it, extra colorize options)
         jobs = {f"{e2e_count} LFW jpgs -> png sheets": (tmp / "lfw-e2e", e2e_count, batch),

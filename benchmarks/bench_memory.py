@@ -22,37 +22,7 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-
-def _proc_mib(pid: int, key: str) -> float:
-    """VmRSS / VmHWM of a live process in MiB, from /proc/PID/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
-def _source_images(k: int, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    listing = SHARED / "data" / "lfw-splits" / "test.txt"
-    if listing.is_file():
-        out = []
-        for rel in listing.read_text().splitlines()[:k]:
-            dst = folder / Path(rel).name
-            shutil.copy(SHARED / "data" / rel, dst)
-            out.append(dst)
-        return out
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(k):
-        img = cv2.GaussianBlur(rng.integers(0, 256, (250, 250, 3), dtype=np.uint8), (0, 0), 8)
-        out.append(folder / f"synthetic_{i:03d}.jpg")
-        cv2.imwrite(str(out[-1]), img)
-    return out
+from bench_images import REPO, lfw_images, proc_mib, scan
 
 
 def _command(inputs: Path, out: Path, extra: list[str]) -> list[str]:
@@ -61,7 +31,7 @@ def _command(inputs: Path, out: Path, extra: list[str]) -> list[str]:
 
 
 def many_files(n: int, marks: list[int], tmp: Path, extra: list[str]) -> None:
-    sources = _source_images(min(n, 200), tmp / "sources")
+    sources = lfw_images(min(n, 200), tmp / "sources")
     inputs = tmp / "inputs"
     inputs.mkdir()
     for i in range(n):   # hard links: N distinct input files without N copies on disk
@@ -79,7 +49,7 @@ def many_files(n: int, marks: list[int], tmp: Path, extra: list[str]) -> None:
         done += 1
         if wanted and done == wanted[0]:
             wanted.pop(0)
-            rows.append((done, time.perf_counter() - t0, _proc_mib(proc.pid, "VmRSS"), _proc_mib(proc.pid, "VmHWM")))
+            rows.append((done, time.perf_counter() - t0, proc_mib(proc.pid, "VmRSS"), proc_mib(proc.pid, "VmHWM")))
             print(f"{done:>7} files  {rows[-1][1]:8.1f} s  RSS {rows[-1][2]:7.0f} MiB  peak {rows[-1][3]:7.0f} MiB",
                   flush=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -93,18 +63,13 @@ def many_files(n: int, marks: list[int], tmp: Path, extra: list[str]) -> None:
 
 
 def huge_scan(megapixels: float, tmp: Path, extra: list[str]) -> None:
-    src = next(iter(sorted((SHARED / "data" / "old_photos" / "ddcolor").glob("*.jpg"))), None)
-    base = cv2.imread(str(src)) if src else cv2.GaussianBlur(
-        np.random.default_rng(1).integers(0, 256, (900, 1200, 3), dtype=np.uint8), (0, 0), 6)
-    h, w = base.shape[:2]
-    scale = (megapixels * 1e6 / (h * w)) ** 0.5
-    big = cv2.resize(base, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
+    big = scan(megapixels)
     inputs = tmp / "inputs"
     inputs.mkdir(parents=True)
     path = inputs / "scan.jpg"
     cv2.imwrite(str(path), big, [cv2.IMWRITE_JPEG_QUALITY, 92])
     size = big.shape
-    del big, base
+    del big
     cmd = _command(inputs, tmp / "out", ["--quiet", *extra])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)})

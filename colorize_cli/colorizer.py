@@ -16,7 +16,7 @@ import torch
 from .color import CVAE_SIZE, grey_from_l, normalize_u8
 from .data import model_views
 from .device import autocast
-from .models import CVAE, MDN, ConditionEncoder, CVAEConfig, Decoder
+from .models import MDN, ConditionEncoder, CVAEConfig, Decoder
 from .render import merge
 from .vgg import GreyVGGFeatures
 
@@ -39,13 +39,6 @@ class InferenceCVAE(torch.nn.Module):
 
     def forward(self, z: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
         return self.decoder(z, *self.cond_encoder(grey))
-
-    @classmethod
-    def from_cvae(cls, cvae: CVAE) -> "InferenceCVAE":
-        model = cls(cvae.cfg)
-        model.cond_encoder = cvae.cond_encoder
-        model.decoder = cvae.decoder
-        return model
 
 
 @dataclass
