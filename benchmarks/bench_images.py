@@ -6,6 +6,7 @@ Linux starts from the parent's RSS at fork.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,17 +14,23 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+#: the project's shared data; COLORIZE_SHARED points elsewhere (a copy carried to a GPU machine)
+SHARED = Path(os.environ.get("COLORIZE_SHARED", REPO.parent / "shared"))
 
 
 def lfw_images(n: int, folder: Path) -> list[Path]:
-    """Copies of the first n LFW test photos (../shared beside the repo), else n synthetic 250x250 jpgs."""
+    """Copies of the first n LFW test photos (../shared beside the repo), else n synthetic 250x250 jpgs.
+
+    Beyond the 1,000 test photos the list starts again, the copies named ``copy2_...`` and so on.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     listing = SHARED / "data" / "lfw-splits" / "test.txt"
     out = []
     if listing.is_file():
-        for rel in listing.read_text().splitlines()[:n]:
-            out.append(folder / Path(rel).name)
+        rels = listing.read_text().splitlines()
+        for i in range(n):
+            rel = Path(rels[i % len(rels)])
+            out.append(folder / (rel.name if i < len(rels) else f"copy{i // len(rels) + 1}_{rel.name}"))
             shutil.copy(SHARED / "data" / rel, out[-1])
         return out
     rng = np.random.default_rng(0)

@@ -1,19 +1,23 @@
 """Colorizing speed against the seed-style reference, in one run, printing one table.
 
-    python benchmarks/bench_inference.py [--device cpu] [--images 64] [--e2e-images 512] [--repeat 3]
-                                         [--model PATH] [--scans]
+    python benchmarks/bench_inference.py [--device cpu|cuda] [--images 64] [--e2e-images 512] [--repeat 3]
+                                         [--passes 1] [--batch-size N] [--workers N] [--model PATH] [--scans]
 
 Rows (all with 8 samples per image):
   (a) seed-style reference: the tutorial's inference loop, fp32 -- VGG + MDN per batch of 32, then per image
       a batch of 32 full CVAE passes (colour encoder, condition encoder, decoder) with the 8 means tiled 4x;
   (b) colorize model-only: Colorizer.predict on batches (condition encoder once per image, decoder per
-      sample), fp32 and bf16, with the bf16-vs-fp32 difference of the ab outputs;
+      sample), fp32 and bf16, with the bf16-vs-fp32 difference of the ab outputs; on CUDA also the model on
+      the device alone (inputs uploaded, latents and ab left on the GPU), and peak GPU memory;
   (c) colorize end to end, file to file: the `colorize` command in a subprocess on a folder of LFW photos
       (and with --scans a folder of 2-12 megapixel scans): the rate over the whole wall time including
       start-up and model load, the steady rate (from the arrival times of its --json lines: the results
-      after the first quarter, over the time they took), and peak RSS of that process. Each end-to-end row
-      runs --repeat times, the runs of the rows interleaved; the median is shown, the range in the notes.
-Images: the first N of ../shared/data/lfw-splits/test.txt when ../shared is beside the repo, else synthetic.
+      after the first quarter, over the time they took), and peak RSS of that process (on CUDA also its
+      peak GPU memory from nvidia-smi, and where its CPU time went: main thread, I/O threads, others). Each
+      end-to-end row runs --repeat times, the runs of the rows interleaved; the median is shown, the range
+      in the notes.
+Images: the first N of ../shared/data/lfw-splits/test.txt when ../shared is beside the repo (or where
+COLORIZE_SHARED points), repeated past its 1,000, else synthetic.
 The machine this was written on is shared and noisy (the same run varies up to 2x): compare rows of one run.
 """
 
@@ -83,16 +87,49 @@ def seed_style(colorizer, l64, l224, device, batch=32) -> float:
     return len(l64) / (time.perf_counter() - t0)
 
 
-def model_only(colorizer, l64, l224, device, bf16: bool, batch: int) -> tuple[float, np.ndarray]:
+def _reset_gpu_peak(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _gpu_peak_note(device) -> str:
+    return f"; GPU peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB" if device.type == "cuda" else ""
+
+
+def model_only(colorizer, l64, l224, device, bf16: bool, batch: int, passes: int = 1) -> tuple[float, np.ndarray]:
+    """Colorizer.predict over the images ``passes`` times (outputs copied to the host, as the CLI does)."""
     colorizer.bf16 = bf16
-    colorizer.predict(l64[:batch], l224[:batch], 8)   # warm-up
+    colorizer.predict(l64[:batch], l224[:batch], 8)   # warm-up (and cuDNN's algorithm choice)
     _sync(device)
+    _reset_gpu_peak(device)
     t0 = time.perf_counter()
-    outs = []
-    for start in range(0, len(l64), batch):
-        outs += [p.ab for p in colorizer.predict(l64[start:start + batch], l224[start:start + batch], 8)]
+    for _ in range(passes):
+        outs = []
+        for start in range(0, len(l64), batch):
+            outs += [p.ab for p in colorizer.predict(l64[start:start + batch], l224[start:start + batch], 8)]
     _sync(device)
-    return len(l64) / (time.perf_counter() - t0), np.stack(outs)
+    return passes * len(l64) / (time.perf_counter() - t0), np.stack(outs)
+
+
+@torch.no_grad()
+def model_on_device(colorizer, l64, l224, device, batch: int, passes: int) -> float:
+    """The networks alone: VGG + MDN + choice of latents + CVAE decoder, results left on the device."""
+    colorizer.bf16 = True
+
+    def run(lo: int, hi: int):
+        means, weights = colorizer.mixture(l224[lo:hi])
+        z, _ = colorizer.choose_latents(means, weights, 8, [])
+        return colorizer.decode(z, l64[lo:hi])
+
+    run(0, batch)
+    _sync(device)
+    _reset_gpu_peak(device)
+    t0 = time.perf_counter()
+    for _ in range(passes):
+        for start in range(0, len(l64), batch):
+            run(start, start + batch)
+    _sync(device)
+    return passes * len(l64) / (time.perf_counter() - t0)
 
 
 @dataclass
@@ -100,6 +137,38 @@ class EndToEnd:
     wall: float           # seconds, start to exit
     steady: float         # img/s over the results after the first quarter
     peak_mib: float       # peak RSS
+    gpu_mib: float = 0.0  # peak GPU memory of the process (nvidia-smi), CUDA only
+    cpu: dict | None = None   # CPU seconds by thread kind: main, io, other
+
+
+def _gpu_mib(pid: int) -> float:
+    """GPU memory a process holds, from nvidia-smi (0 if none or no nvidia-smi)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0.0
+    for line in out.splitlines():
+        parts = [x.strip() for x in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
+            return float(parts[1])
+    return 0.0
+
+
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of a process, by thread id, named main / io / other."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+            name = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        kind = "main" if task.name == str(pid) else "io" if name.startswith("colorize-io") else "other"
+        out[task.name] = (kind, (int(fields[11]) + int(fields[12])) / ticks)   # utime + stime
+    return out
 
 
 def end_to_end(folder: Path, out: Path, model: str | None, device: str, extra: list[str]) -> EndToEnd:
@@ -112,11 +181,16 @@ def end_to_end(folder: Path, out: Path, model: str | None, device: str, extra: l
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE)
     # peak RSS from /proc/PID/status VmHWM (the high-water mark of the process after exec). Not the child's
     # ru_maxrss: on Linux that starts from this benchmark's own RSS at fork time, models and all.
-    peak = [0.0]
+    peak, gpu, threads = [0.0], [0.0], {}
+    cuda = device.startswith("cuda")
 
     def watch() -> None:
+        last_gpu = 0.0
         while proc.poll() is None:
             peak[0] = max(peak[0], proc_mib(proc.pid, "VmHWM"))
+            threads.update(_thread_cpu(proc.pid))
+            if cuda and time.perf_counter() - last_gpu > 0.5:
+                gpu[0], last_gpu = max(gpu[0], _gpu_mib(proc.pid)), time.perf_counter()
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -129,7 +203,10 @@ def end_to_end(folder: Path, out: Path, model: str | None, device: str, extra: l
         raise SystemExit(f"colorize exited {proc.returncode}")
     q = max(1, len(arrivals) // 4)
     steady = (len(arrivals) - q) / max(arrivals[-1] - arrivals[q - 1], 1e-9) if len(arrivals) > q else float("nan")
-    return EndToEnd(wall, steady, peak[0])
+    cpu = {"main": 0.0, "io": 0.0, "other": 0.0}
+    for kind, seconds in threads.values():
+        cpu[kind] += seconds
+    return EndToEnd(wall, steady, peak[0], gpu[0], cpu)
 
 
 def main() -> None:
@@ -141,43 +218,70 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64, help="LFW photos for (a) and (b)")
     ap.add_argument("--e2e-images", type=int, default=512, help="LFW photos for (c)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each end-to-end row")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 16 on CPU, 128 on CUDA")
+    ap.add_argument("--passes", type=int, default=None, help="passes over the images in (b) (default 1, CUDA 20)")
+    ap.add_argument("--workers", type=int, default=None, help="colorize --workers in (c) (default: its own)")
     ap.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     ap.add_argument("--scans", action="store_true", help="also time a folder of 2-12 megapixel scans")
     ap.add_argument("--skip-seed", action="store_true")
     args = ap.parse_args()
+    from colorize_cli.batch import default_batch_size
+
     device = resolve_device(args.device)
+    args.batch_size = args.batch_size or default_batch_size(device.type)
+    passes = args.passes or (20 if device.type == "cuda" else 1)
     colorizer = Colorizer.load(args.model, device)
     tmp = Path(tempfile.mkdtemp(prefix="colorize-bench-"))
     try:
         paths = lfw_images(args.images, tmp / "lfw")
         l64, l224 = _prepared(paths)
         rows = []
-        setting = f"{device.type}, {torch.get_num_threads()} threads"
+        header = f"{'row':48} {'settings':26} {'img/s':>8} {'vs (a)':>7}  notes"
+
+        def show(row: tuple) -> None:
+            # each row as soon as it is measured (a run stopped at a time limit keeps them); the table at the end
+            if not rows:
+                print(header, flush=True)
+            rows.append(row)
+            name, settings, rate, notes = row
+            print(f"{name:48} {settings:26} {rate:8.2f} {rate / seed_rate:6.1f}x  {notes}", flush=True)
+
+        seed_rate = float("nan")
+        setting = (f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+                   else f"cpu, {torch.get_num_threads()} threads")
         if not args.skip_seed:
             seed_rate = seed_style(colorizer, l64, l224, device)
-            rows.append(("(a) seed-style reference, model-only", f"{setting}, fp32, batch 32", seed_rate, ""))
-        else:
-            seed_rate = float("nan")
-        fp32_rate, fp32_ab = model_only(colorizer, l64, l224, device, False, args.batch_size)
-        rows.append(("(b) colorize model-only", f"{setting}, fp32, batch {args.batch_size}", fp32_rate, ""))
-        bf16_rate, bf16_ab = model_only(colorizer, l64, l224, device, True, args.batch_size)
+            show(("(a) seed-style reference, model-only", f"{setting}, fp32, batch 32", seed_rate, ""))
+        fp32_rate, fp32_ab = model_only(colorizer, l64, l224, device, False, args.batch_size, passes)
+        show(("(b) colorize model-only", f"{setting}, fp32, batch {args.batch_size}", fp32_rate,
+                     f"{passes} pass(es){_gpu_peak_note(device)}"))
+        bf16_rate, bf16_ab = model_only(colorizer, l64, l224, device, True, args.batch_size, passes)
         diff = np.abs(bf16_ab - fp32_ab)
-        rows.append(("(b) colorize model-only", f"{setting}, bf16, batch {args.batch_size}", bf16_rate,
-                     f"|bf16-fp32| ab: mean {diff.mean():.4f}, max {diff.max():.4f}"))
+        show(("(b) colorize model-only", f"{setting}, bf16, batch {args.batch_size}", bf16_rate,
+                     f"|bf16-fp32| ab: mean {diff.mean():.4f}, max {diff.max():.4f}{_gpu_peak_note(device)}"))
+        if device.type == "cuda":
+            rate = model_on_device(colorizer, l64, l224, device, args.batch_size, passes)
+            show(("(b) model-only, on the device alone", f"{setting}, bf16, batch {args.batch_size}", rate,
+                         f"no host copies of the outputs{_gpu_peak_note(device)}"))
         use_bf16 = device.type == "cuda" or cpu_has_fast_bf16()
         mode = "bf16" if use_bf16 else "fp32"
         e2e_count = len(lfw_images(args.e2e_images, tmp / "lfw-e2e"))
-        batch = ["--batch-size", str(args.batch_size)]
+        batch = ["--batch-size", str(args.batch_size)] + (["--workers", str(args.workers)] if args.workers else [])
         # name -> (folder, photos in it, extra colorize options)
         jobs = {f"{e2e_count} LFW jpgs -> png sheets": (tmp / "lfw-e2e", e2e_count, batch),
                 f"{e2e_count} LFW jpgs -> jpg sheets": (tmp / "lfw-e2e", e2e_count, batch + ["--format", "jpg"])}
+        if device.type == "cuda":   # the CPU's merge, for comparison with the device's (the default on CUDA)
+            jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --merge cpu"] = (
+                tmp / "lfw-e2e", e2e_count, batch + ["--format", "jpg", "--merge", "cpu"])
         if args.scans:
             jobs["4 scans 2-12 MP -> png sheets"] = (tmp / "scans", len(_scan_images(tmp / "scans")), [])
         runs: dict[str, list[EndToEnd]] = {name: [] for name in jobs}
-        for _ in range(args.repeat):
-            for name, (folder, _, extra) in jobs.items():
+        for i in range(args.repeat):
+            for name, (folder, count, extra) in jobs.items():
                 runs[name].append(end_to_end(folder, tmp / "out", args.model, args.device, extra))
+                r = runs[name][-1]
+                print(f"  run {i + 1}/{args.repeat} {name}: {count / r.wall:.2f} img/s incl. start-up, steady "
+                      f"{r.steady:.2f}", flush=True)
         for name, results in runs.items():
             count = jobs[name][1]
             rates = sorted(count / r.wall for r in results)
@@ -187,8 +291,12 @@ def main() -> None:
                      if count >= 8 * args.batch_size else "")
             notes += (f"{len(results)} runs incl. start-up {rates[0]:.2f}-{rates[-1]:.2f} img/s, median wall "
                       f"{median(r.wall for r in results):.1f} s; peak RSS {max(r.peak_mib for r in results):.0f} MiB")
-            rows.append((f"(c) end to end, {name}", f"{setting}, {mode}", median(rates), notes))
-        print(f"{'row':48} {'settings':26} {'img/s':>8} {'vs (a)':>7}  notes")
+            if device.type == "cuda":
+                notes += f"; GPU {max(r.gpu_mib for r in results):.0f} MiB"
+            cpu = results[len(results) // 2].cpu
+            notes += f"; CPU s: main {cpu['main']:.1f}, I/O threads {cpu['io']:.1f}, other {cpu['other']:.1f}"
+            show((f"(c) end to end, {name}", f"{setting}, {mode}", median(rates), notes))
+        print("\n" + header)
         for name, settings, rate, notes in rows:
             print(f"{name:48} {settings:26} {rate:8.2f} {rate / seed_rate:6.1f}x  {notes}")
     finally:

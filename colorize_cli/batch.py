@@ -13,15 +13,23 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from .colorizer import Colorizer, PreparedImage, image_seed, prepare
+from .colorizer import Colorizer, Prediction, PreparedImage, image_seed, prepare
 from .imageio import (ImageReadError, encode_image, is_image_path, png_level, read_image, write_atomic,
                       write_png_streaming)
-from .render import sheet_shape, sheet_strips
+from .render import sheet_cols, sheet_gap, sheet_shape, sheet_strips, sheet_tile
 
 OUTPUT_TAG = ".colorized"
 FORMATS = ("png", "jpg", "webp")
 #: full-resolution pixels of the inputs in one model batch at most (their L planes wait for the writers)
 MAX_BATCH_PIXELS = 100_000_000
+#: on a GPU, sheets of inputs up to this size are merged there whole (an 8-sample sheet of 2 MP is 48 MB
+#: on the host); larger ones go through the CPU's strips, which never hold a whole sheet
+DEVICE_SHEET_MAX_PIXELS = 2_000_000
+
+
+def default_batch_size(device_type: str) -> int:
+    """Images per model batch when --batch-size is not given."""
+    return 128 if device_type == "cuda" else 16
 
 
 @dataclass
@@ -31,10 +39,12 @@ class BatchOptions:
     separate: bool = False
     fmt: str = "png"
     quality: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None   # None: default_batch_size(device)
     seed: int = 0
     overwrite: bool = False
     workers: int = field(default_factory=lambda: max(os.cpu_count() or 1, 2))
+    device_sheets: bool | None = None   # merge sheets on the model's device; None: where it is a GPU
+                                        # (either way only inputs up to DEVICE_SHEET_MAX_PIXELS)
 
 
 @dataclass
@@ -149,14 +159,6 @@ def _decode(item: InputItem) -> _Decoded:
     return _Decoded(item, prep, img.alpha, None, t0)
 
 
-def _sheet_cols(n: int) -> int:
-    return min(n, 4)
-
-
-def sheet_gap(h: int, w: int) -> int:
-    return max(2, min(h, w) // 100)
-
-
 def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, opts: BatchOptions) -> None:
     h, w = l_full.shape
     height, width = sheet_shape(h, w, len(samples), cols, gap)
@@ -168,17 +170,32 @@ def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, o
         write_atomic(path, encode_image(np.concatenate(list(parts)), opts.fmt, opts.quality))
 
 
-def _write(dec: _Decoded, ab: np.ndarray, weights: np.ndarray, opts: BatchOptions) -> ItemResult:
+def _save_whole(path: Path, img: np.ndarray, opts: BatchOptions) -> None:
+    img = np.ascontiguousarray(img)
+    if opts.fmt == "png":
+        write_png_streaming(path, img.shape[0], img.shape[1], img.shape[2], [img], png_level(opts.quality))
+    else:
+        write_atomic(path, encode_image(img, opts.fmt, opts.quality))
+
+
+def _write(dec: _Decoded, pred: Prediction, opts: BatchOptions) -> ItemResult:
     item = dec.item
-    l_full, alpha = dec.prep.l_full, dec.alpha
-    gap = sheet_gap(*l_full.shape)
+    l_full, alpha, ab, weights = dec.prep.l_full, dec.alpha, pred.ab, pred.weights
+    h, w = l_full.shape
+    gap, cols = sheet_gap(h, w), sheet_cols(len(ab))
     written = []
     try:
         # singles first, the sheet last: the sheet's presence marks the input as done for a rerun
-        for path, sample in zip(item.singles, ab):
-            _save(path, l_full, alpha, sample[None], 1, gap, opts)
+        for i, path in enumerate(item.singles):
+            if pred.sheet is not None:   # merged on the device: the single is a tile of the sheet
+                _save_whole(path, sheet_tile(pred.sheet, i, h, w, cols, gap), opts)
+            else:
+                _save(path, l_full, alpha, ab[i:i + 1], 1, gap, opts)
             written.append(str(path))
-        _save(item.sheet, l_full, alpha, ab, _sheet_cols(len(ab)), gap, opts)
+        if pred.sheet is not None:
+            _save_whole(item.sheet, pred.sheet, opts)
+        else:
+            _save(item.sheet, l_full, alpha, ab, cols, gap, opts)
         written.append(str(item.sheet))
     except (OSError, ValueError, MemoryError, cv2.error) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip() or type(err).__name__
@@ -200,8 +217,10 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
     overlapping the model.
     """
     pending_items = deque(items)
-    lookahead = max(2 * opts.batch_size, opts.workers * 2)
-    with ThreadPoolExecutor(opts.workers, thread_name_prefix="colorize-io") as pool:
+    batch_size = opts.batch_size or default_batch_size(colorizer.device.type)
+    device_sheets = colorizer.merges_on_device if opts.device_sheets is None else opts.device_sheets
+    lookahead = max(2 * batch_size, opts.workers * 2)
+    with ThreadPoolExecutor(opts.workers, thread_name_prefix="colorize-io", initializer=_name_io_thread) as pool:
         decoding: deque[Future] = deque()
         writing: deque[Future | ItemResult] = deque()
 
@@ -219,31 +238,62 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
                 head = writing.popleft()
                 yield head if isinstance(head, ItemResult) else head.result()
 
+        def submit_writes(launched) -> None:
+            batch, pending = launched
+            for dec, pred in zip(batch, pending.result()):
+                writing.append(pool.submit(_write, dec, pred, opts))
+
         refill()
+        # on a GPU one batch in flight: batch k+1 is queued on the device before batch k's results are
+        # collected and handed to the writers, so the GPU computes while this thread assembles and dispatches
+        # (on the CPU the model runs in this thread anyway: its batches go to the writers at once)
+        pipelined = colorizer.device.type == "cuda"
+        in_flight = None
         while decoding:
             batch: list[_Decoded] = []
+            early: list[ItemResult] = []   # skipped or unreadable inputs met while filling this batch
             pixels = 0
             # a batch also closes early on a pixel budget, so a folder of huge scans stays within memory
-            while decoding and len(batch) < opts.batch_size and pixels < MAX_BATCH_PIXELS:
+            while decoding and len(batch) < batch_size and pixels < MAX_BATCH_PIXELS:
                 got = decoding.popleft().result()
                 refill()
                 if isinstance(got, ItemResult):
-                    writing.append(got)
+                    early.append(got)
                 elif got.error is not None:
-                    writing.append(ItemResult(str(got.item.path), "failed",
-                                              seconds=time.perf_counter() - got.started, error=got.error))
+                    early.append(ItemResult(str(got.item.path), "failed",
+                                            seconds=time.perf_counter() - got.started, error=got.error))
                 else:
                     batch.append(got)
                     pixels += got.prep.l_full.size
+            launched = None
             if batch:
                 l64 = np.stack([d.prep.l64 for d in batch])
                 l224 = np.stack([d.prep.l224 for d in batch])
                 seeds = [image_seed(opts.seed, d.item.rel.as_posix()) for d in batch]
-                preds = colorizer.predict(l64, l224, opts.samples, seeds)
-                for dec, pred in zip(batch, preds):
-                    writing.append(pool.submit(_write, dec, pred.ab, pred.weights, opts))
-            yield from drain(2 * opts.batch_size)
+                full = [(d.prep.l_full, d.alpha) if device_sheets and d.prep.l_full.size <= DEVICE_SHEET_MAX_PIXELS
+                        else None for d in batch]
+                launched = (batch, colorizer.predict_async(l64, l224, opts.samples, seeds, full))
+            if in_flight is not None:
+                submit_writes(in_flight)
+            writing.extend(early)
+            in_flight = launched
+            if not pipelined and in_flight is not None:
+                submit_writes(in_flight)
+                in_flight = None
+            yield from drain(2 * batch_size)
+        if in_flight is not None:
+            submit_writes(in_flight)
         yield from drain(0)
+
+
+def _name_io_thread() -> None:
+    """Name the OS thread (``top -H``, /proc/PID/task/*/comm) so the I/O threads can be told apart."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(15, b"colorize-io", 0, 0, 0)   # 15: PR_SET_NAME (Linux)
+    except (OSError, AttributeError):   # not Linux: the threads keep their default names
+        return
 
 
 def _done_future(value) -> Future:

@@ -69,18 +69,22 @@ def _resolve_device(spec: str):
 @click.option("--quality", type=click.IntRange(0, 100), default=None,
               help="jpg/webp quality (default 95); for png, 0..100 picks zlib level 9..0 (default level 1)")
 @_device_option
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="photos per model batch (default: 16 on CPU, 128 on CUDA)")
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same outputs")
 @click.option("--overwrite", is_flag=True, help="redo inputs whose outputs exist (default: skip them)")
 @click.option("--recursive/--no-recursive", default=True, show_default=True)
 @click.option("--bf16/--no-bf16", default=None,
               help="bf16 autocast (default: on for CUDA and for CPUs with AMX/AVX512-BF16)")
 @click.option("--workers", type=click.IntRange(1), default=None, help="decode/encode threads (default: cores)")
+@click.option("--merge", "merge_on", type=click.Choice(["auto", "device", "cpu"]), default="auto", show_default=True,
+              help="where samples are upsampled and merged with the full-resolution L: the model's device, the "
+                   "CPU threads, or auto (the device when it is a GPU, for photos up to 2 megapixels)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
 @click.option("--quiet", "-q", is_flag=True, help="only errors on stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch_size, seed, overwrite,
-            recursive, bf16, workers, as_json, quiet, debug):
+            recursive, bf16, workers, merge_on, as_json, quiet, debug):
     """Colorize photos: files and folders (walked recursively); ``-`` reads paths from stdin.
 
     Writes PHOTO.colorized.png (a sheet of the samples, most probable first) beside each input, or under
@@ -99,7 +103,7 @@ def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch
             expanded.append(p)
     code = run_batch_command(expanded, samples=samples, model=model, output=output, separate=separate, fmt=fmt,
                              quality=quality, device_spec=device, batch_size=batch_size, seed=seed,
-                             overwrite=overwrite, recursive=recursive, bf16=bf16, workers=workers,
+                             overwrite=overwrite, recursive=recursive, bf16=bf16, workers=workers, merge_on=merge_on,
                              as_json=as_json, quiet=quiet, debug=debug)
     sys.exit(code)
 

@@ -15,9 +15,9 @@ import torch
 
 from .color import CVAE_SIZE, grey_from_l, normalize_u8
 from .data import model_views
-from .device import autocast
+from .device import autocast, to_device, to_host
 from .models import MDN, ConditionEncoder, CVAEConfig, Decoder
-from .render import merge
+from .render import merge, sheets_on_device
 from .vgg import GreyVGGFeatures
 
 #: the MDN loss's fixed isotropic sigma (distance scale 50 = 1 / (2 * 0.1^2)); used to draw beyond the means
@@ -47,6 +47,7 @@ class Prediction:
 
     ab: np.ndarray        # (N, 2, 64, 64) float32, normalised ab
     weights: np.ndarray   # (N,) mixture weight of the component each sample came from
+    sheet: np.ndarray | None = None   # (sheet_H, sheet_W, 3 or 4) uint8, when merged on the device
 
 
 @dataclass
@@ -78,6 +79,14 @@ class Colorizer:
         self.info = info or {}
         for p in self.parameters():
             p.requires_grad_(False)
+        if device.type == "cuda":
+            # fixed input sizes (224, 64) at a few batch sizes: let cuDNN time its algorithms once per shape
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def merges_on_device(self) -> bool:
+        """Whether full-resolution sheets are best merged on this device (a GPU) rather than by the CPU."""
+        return self.device.type == "cuda"
 
     def parameters(self):
         for m in (self.cvae, self.mdn, self.vgg):
@@ -109,7 +118,7 @@ class Colorizer:
     @torch.no_grad()
     def mixture(self, l224: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """L at 224 (B, 224, 224) uint8 -> means (B, K, D), weights (B, K), on the device, float32."""
-        grey = torch.from_numpy(grey_from_l(l224)).to(self.device, non_blocking=True)
+        grey = to_device(grey_from_l(l224), self.device)
         with autocast(self.device, self.bf16):
             means, weights = self.mdn.mixture(self.vgg(grey))
         return means.float(), weights.float()
@@ -143,7 +152,7 @@ class Colorizer:
     def decode(self, z: torch.Tensor, l64: np.ndarray) -> torch.Tensor:
         """Latents (B, N, D) + L at 64 (B, 64, 64) uint8 -> ab (B, N, 2, 64, 64) float32 on the device."""
         b, n, _ = z.shape
-        grey = torch.from_numpy(normalize_u8(l64)).to(self.device)[:, None]      # (B, 1, 64, 64)
+        grey = to_device(normalize_u8(l64), self.device)[:, None]                 # (B, 1, 64, 64)
         with autocast(self.device, self.bf16):
             # the condition encoder (and the decoder's convolutions of its features) once per image,
             # the rest of the decoder once per sample
@@ -151,22 +160,53 @@ class Colorizer:
             ab = self.cvae.decoder.forward_samples(z.to(self.device), *feats)
         return ab.float().reshape(b, n, 2, CVAE_SIZE, CVAE_SIZE)
 
-    def predict(self, l64: np.ndarray, l224: np.ndarray, samples: int = 8,
-                seeds: list[int] | None = None) -> list[Prediction]:
-        """A batch of L images at model size -> N samples each, most probable first."""
+    def predict(self, l64: np.ndarray, l224: np.ndarray, samples: int = 8, seeds: list[int] | None = None,
+                full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> list[Prediction]:
+        """A batch of L images at model size -> N samples each, most probable first.
+
+        ``full``: per image, (L (H, W) uint8 at full resolution, alpha (H, W) or None) to get its whole
+        sheet merged here on the model's device (``Prediction.sheet``), or None to leave merging to the caller.
+        """
+        return self.predict_async(l64, l224, samples, seeds, full).result()
+
+    def predict_async(self, l64: np.ndarray, l224: np.ndarray, samples: int = 8, seeds: list[int] | None = None,
+                      full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> "PendingPredictions":
+        """``predict``, queued: on a GPU it returns once the batch's work is queued, so the caller can prepare
+        the next batch (or write the last one) meanwhile; ``.result()`` waits for it."""
         means, weights = self.mixture(l224)
         seeds = seeds if seeds is not None else [0] * len(l64)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         z, w = self.choose_latents(means, weights, samples, generators)
-        ab = self.decode(z, l64).cpu().numpy()
-        w = w.cpu().numpy()
-        return [Prediction(ab[i], w[i]) for i in range(len(l64))]
+        ab_device = self.decode(z, l64)
+        wanted = [i for i, f in enumerate(full or []) if f is not None]
+        sheets = (sheets_on_device([full[i][0] for i in wanted], [full[i][1] for i in wanted], ab_device[wanted])
+                  if wanted else [])
+        return PendingPredictions(self.device, to_host(ab_device), to_host(w), dict(zip(wanted, sheets)))
 
     def colorize(self, bgr: np.ndarray, samples: int = 8, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
         """One BGR uint8 image (any size) -> N full-resolution BGR colorizations and their weights."""
         prep = prepare(bgr)
         pred = self.predict(prep.l64[None], prep.l224[None], samples, [seed])[0]
         return [merge(prep.l_full, ab) for ab in pred.ab], pred.weights
+
+
+class PendingPredictions:
+    """A batch's predictions whose device work and copies to the host may still be under way."""
+
+    def __init__(self, device: torch.device, ab: torch.Tensor, weights: torch.Tensor, sheets: dict[int, torch.Tensor]):
+        self._ab, self._weights, self._sheets = ab, weights, sheets   # host tensors, maybe still being filled
+        self._done = None
+        if device.type == "cuda":
+            self._done = torch.cuda.Event()
+            self._done.record(torch.cuda.current_stream(device))
+
+    def result(self) -> list[Prediction]:
+        if self._done is not None:
+            self._done.synchronize()
+        preds = [Prediction(a, w) for a, w in zip(self._ab.numpy(), self._weights.numpy())]
+        for i, sheet in self._sheets.items():
+            preds[i].sheet = sheet.numpy()
+        return preds
 
 
 def image_seed(seed: int, name: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -40,3 +41,27 @@ def cpu_has_fast_bf16() -> bool:
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on the device when asked, else a no-op context."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device``, without waiting for the device's queued work.
+
+    To a GPU the array goes through page-locked memory (torch's caching host allocator): a copy from pageable
+    memory would first wait for everything queued on the stream, and so could not overlap a running batch.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def to_host(x: torch.Tensor) -> torch.Tensor:
+    """A tensor's copy in host memory, queued without waiting on a GPU: synchronise before reading it.
+
+    From a GPU the copy goes into page-locked memory from torch's caching host allocator: fresh pageable
+    memory made the copies of a batch's sheets (1.5 MB per LFW photo) the slowest step of the batch loop.
+    """
+    if x.device.type != "cuda":
+        return x.cpu()
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    return host.copy_(x, non_blocking=True)

@@ -8,7 +8,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from .color import l_ab_to_bgr
+from .color import l_ab_to_bgr, l_ab_to_bgr_torch
 
 BORDER = 16
 
@@ -95,6 +95,75 @@ def merge_rows(l_u8: np.ndarray, ab: np.ndarray, rows: slice) -> np.ndarray:
 def strips(h: int, w: int) -> list[slice]:
     step = max(1, STRIP_PIXELS // max(w, 1))
     return [slice(top, min(top + step, h)) for top in range(0, h, step)]
+
+
+def sheet_cols(n: int) -> int:
+    """Tiles per sheet row for n samples."""
+    return min(n, 4)
+
+
+def sheet_gap(h: int, w: int) -> int:
+    """White pixels between the tiles of a sheet of (h, w) images."""
+    return max(2, min(h, w) // 100)
+
+
+def sheet_tile(sheet: np.ndarray, index: int, h: int, w: int, cols: int, gap: int) -> np.ndarray:
+    """Tile ``index`` of a whole sheet (a view)."""
+    r, c = divmod(index, cols)
+    return sheet[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w]
+
+
+#: per call of the device merge, at most this many full-resolution sample pixels (float32 intermediates of
+#: about 40 bytes each: 64 M pixels are about 2.5 GB of GPU memory)
+DEVICE_MERGE_PIXELS = 64 << 20
+
+
+def sheets_on_device(l_fulls: list[np.ndarray], alphas: list[np.ndarray | None], ab) -> list:
+    """Whole sheets, laid out as ``sheet_strips`` lays them, merged where ``ab`` lives (a GPU).
+
+    l_fulls: B arrays (H, W) uint8; alphas: B of (H, W) uint8 or None; ab: (B, N, 2, h, w) float32 tensor.
+    Returns B host tensors (sheet_H, sheet_W, 3 or 4) uint8 whose copies from a GPU may still be under
+    way: synchronise with the device before reading them. Images of one size and kind go through
+    together (upsampling, Lab -> BGR and tiling batched), in chunks of DEVICE_MERGE_PIXELS.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .device import to_device, to_host
+
+    n = ab.shape[1]
+    groups: dict[tuple, list[int]] = {}
+    for i, (l_u8, alpha) in enumerate(zip(l_fulls, alphas)):
+        groups.setdefault((l_u8.shape, alpha is not None), []).append(i)
+    out: list = [None] * len(l_fulls)
+    for ((h, w), has_alpha), members in groups.items():
+        step = max(1, DEVICE_MERGE_PIXELS // (n * h * w))
+        for start in range(0, len(members), step):
+            chunk = members[start:start + step]
+            light = to_device(np.stack([l_fulls[i] for i in chunk]), ab.device)[:, None]   # (b, 1, H, W)
+            up = F.interpolate(ab[chunk].flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
+            tiles = l_ab_to_bgr_torch(light, up.view(len(chunk), n, 2, h, w))   # (b, N, H, W, 3)
+            if has_alpha:
+                alpha = to_device(np.stack([alphas[i] for i in chunk]), ab.device)
+                tiles = torch.cat([tiles, alpha[:, None, :, :, None].expand(-1, n, -1, -1, -1)], -1)
+            host = to_host(_tile_torch(tiles, sheet_cols(n), sheet_gap(h, w)))
+            for j, i in enumerate(chunk):
+                out[i] = host[j]
+    return out
+
+
+def _tile_torch(tiles, cols: int, gap: int):
+    """(b, N, H, W, C) uint8 -> (b, sheet_H, sheet_W, C): row-major tiles, ``gap`` px of white between."""
+    import torch
+
+    b, n, h, w, c = tiles.shape
+    rows = -(-n // cols)
+    canvas = torch.full((b, rows, h + gap, cols, w + gap, c), 255, dtype=torch.uint8, device=tiles.device)
+    if rows * cols > n:   # a short last row: white tiles
+        tiles = torch.cat([tiles, tiles.new_full((b, rows * cols - n, h, w, c), 255)], 1)
+    canvas[:, :, :h, :, :w] = tiles.view(b, rows, cols, h, w, c).transpose(2, 3)
+    sheet = canvas.view(b, rows * (h + gap), cols * (w + gap), c)
+    return sheet[:, :rows * (h + gap) - gap, :cols * (w + gap) - gap].contiguous()
 
 
 def sheet_shape(h: int, w: int, n: int, cols: int, gap: int) -> tuple[int, int]:

@@ -18,13 +18,15 @@ def _err(message: str) -> None:
 
 
 def run_batch_command(paths: list[str], *, samples: int, model: Path | None, output: Path | None, separate: bool,
-                      fmt: str, quality: int | None, device_spec: str, batch_size: int, seed: int,
+                      fmt: str, quality: int | None, device_spec: str, batch_size: int | None, seed: int,
                       overwrite: bool, recursive: bool, bf16: bool | None, workers: int | None, as_json: bool,
+                      merge_on: str = "auto",
                       quiet: bool, debug: bool) -> int:
     from .batch import BatchOptions, run_paths
 
     opts = BatchOptions(samples=samples, output_dir=output, separate=separate, fmt=fmt, quality=quality,
-                        batch_size=batch_size, seed=seed, overwrite=overwrite)
+                        batch_size=batch_size, seed=seed, overwrite=overwrite,
+                        device_sheets={"auto": None, "device": True, "cpu": False}[merge_on])
     if workers:
         opts.workers = workers
 

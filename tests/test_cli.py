@@ -171,3 +171,27 @@ def test_killed_run_then_rerun_completes(tmp_path, tiny_run):
     assert f"{len(partial)} skipped" in rerun.stderr
     outs = sorted(folder.glob("*.colorized.png"))
     assert len(outs) == 24 and all(cv2.imread(str(p)) is not None for p in outs)
+
+
+def test_sheets_merged_on_the_device_equal_the_cpu_path(photos, tiny_run, tmp_path):
+    # the GPU's path (whole sheets merged by torch on the model's device), run here on the CPU
+    from colorize_cli.batch import BatchOptions, discover, plan_outputs, colorize_items
+    from colorize_cli.colorizer import Colorizer
+
+    colorizer = Colorizer.load(tiny_run, "cpu")
+    outputs = {}
+    for device_sheets in (False, True):
+        opts = BatchOptions(samples=6, output_dir=tmp_path / str(device_sheets), separate=True,
+                            device_sheets=device_sheets)
+        found = discover([str(photos)])
+        plan_outputs(found.items, opts)
+        results = list(colorize_items(found.items, colorizer, opts))
+        assert [r.status for r in results] == ["done"] * 3
+        outputs[device_sheets] = sorted(p.relative_to(opts.output_dir) for p in opts.output_dir.rglob("*.png"))
+    assert outputs[False] == outputs[True] and len(outputs[True]) == 3 * 7
+    for rel in outputs[True]:
+        cpu = cv2.imread(str(tmp_path / "False" / rel), cv2.IMREAD_UNCHANGED)
+        dev = cv2.imread(str(tmp_path / "True" / rel), cv2.IMREAD_UNCHANGED)
+        assert cpu.shape == dev.shape, rel
+        diff = np.abs(cpu.astype(np.int16) - dev)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, rel

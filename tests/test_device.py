@@ -61,3 +61,24 @@ def test_cli_on_cuda(tmp_path, tiny_run):
     lines = [json.loads(x) for x in result.output.splitlines() if x.startswith("{")]
     assert [x["status"] for x in lines] == ["done"] * 3
     assert all(cv2.imread(str(tmp_path / f"p{i}.colorized.png")) is not None for i in range(3))
+
+
+@cuda
+def test_cuda_sheets_merged_on_the_gpu_equal_the_cpu_merge(tmp_path, tiny_run):
+    # --merge auto on CUDA merges on the GPU (pinned copies, one batch in flight); --merge cpu in the threads
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / f"p{i}.jpg"), synthetic_photo(np.random.default_rng(i), 70 + 10 * i, 90))
+    outs = {}
+    for merge in ("auto", "cpu"):
+        out = tmp_path / merge
+        result = CliRunner().invoke(main, [str(tmp_path), "--model", str(tiny_run), "--device", "cuda", "--no-bf16",
+                                           "--batch-size", "2", "--separate", "-o", str(out), "--merge", merge])
+        assert result.exit_code == 0, result.output
+        outs[merge] = sorted(p.relative_to(out) for p in out.rglob("*.png"))
+    assert outs["auto"] == outs["cpu"] and len(outs["cpu"]) == 5 * 9
+    for rel in outs["cpu"]:
+        gpu = cv2.imread(str(tmp_path / "auto" / rel)).astype(np.int16)
+        cpu = cv2.imread(str(tmp_path / "cpu" / rel))
+        # the same model run twice on the GPU (cuDNN may pick other algorithms): ab within float noise
+        diff = np.abs(gpu - cpu)
+        assert diff.max() <= 3 and diff.mean() < 0.05, rel

@@ -116,3 +116,39 @@ def test_sheet_strips_equal_whole_merge():
     # strips interpolate along y in numpy, the whole image in cv2.resize: float rounding may flip a level
     diff = np.abs(sheet.astype(np.int16) - expected)
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_torch_lab_to_bgr_matches_opencv():
+    import torch
+
+    from colorize_cli.color import l_ab_to_bgr, l_ab_to_bgr_torch
+
+    rng = np.random.default_rng(2)
+    l_u8 = rng.integers(0, 256, (4, 60, 70), dtype=np.uint8)
+    for spread in (0.15, 1.0):   # typical predictions, and the whole ab square (out of gamut, clipped)
+        ab = np.clip(rng.normal(0, spread, (4, 2, 60, 70)), -1, 1).astype(np.float32)
+        got = l_ab_to_bgr_torch(torch.from_numpy(l_u8), torch.from_numpy(ab)).numpy()
+        ref = np.stack([l_ab_to_bgr(l, np.moveaxis(a, 0, -1)) for l, a in zip(l_u8, ab)])
+        diff = np.abs(got.astype(np.int16) - ref)
+        # OpenCV applies the sRGB gamma through a spline table: a level off at a rounding edge, rarely
+        assert got.shape == ref.shape and diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+@pytest.mark.parametrize("h, w, n, with_alpha", [(90, 70, 5, False), (31, 47, 8, True), (200, 150, 3, False)])
+def test_device_sheets_equal_cpu_strips(h, w, n, with_alpha):
+    import torch
+
+    from colorize_cli.render import sheet_cols, sheet_gap, sheet_strips, sheets_on_device
+
+    rng = np.random.default_rng(h)
+    l_fulls = [rng.integers(0, 256, (h, w), dtype=np.uint8) for _ in range(3)]
+    alphas = [rng.integers(0, 256, (h, w), dtype=np.uint8) if with_alpha else None for _ in range(3)]
+    l_fulls.append(rng.integers(0, 256, (40, 40), dtype=np.uint8))   # another size in the same batch
+    alphas.append(None)
+    ab = np.clip(rng.normal(0, 0.3, (4, n, 2, 64, 64)), -1, 1).astype(np.float32)
+    sheets = [s.numpy() for s in sheets_on_device(l_fulls, alphas, torch.from_numpy(ab))]
+    for l_u8, alpha, samples, sheet in zip(l_fulls, alphas, ab, sheets):
+        ref = np.concatenate(list(sheet_strips(l_u8, alpha, samples, sheet_cols(n), sheet_gap(*l_u8.shape))))
+        assert sheet.shape == ref.shape and sheet.dtype == np.uint8
+        diff = np.abs(sheet.astype(np.int16) - ref)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3

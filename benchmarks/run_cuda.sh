@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The CUDA checks and benchmarks in one go, for a lent GPU machine (see README "Speed"). Run from the repo
+# root with the package importable (PYTHONPATH=. or installed). Writes its tables under ${OUT:-/tmp/cuda-out}.
+#   COLORIZE_SHARED: a folder laid out like ../shared/data's parent (LFW test split, an old photo), if
+#   ../shared is not beside the repo.
+set -o pipefail
+OUT=${OUT:-/tmp/cuda-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
+python3 -c "import torch, torchvision, cv2, numpy; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cv2', cv2.__version__, 'numpy', numpy.__version__)"
+echo "cores: $(nproc)"
+# the tests find ../shared themselves (and skip what needs it): not the benchmark's partial copy
+env -u COLORIZE_SHARED timeout "${PYTEST_S:-90}" python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_imageio.py tests/test_cli.py -k "not edge_cases and not killed" 2>&1 | tail -4 | tee "$OUT/pytest.txt"
+cd benchmarks
+timeout "${BENCH_S:-240}" python3 bench_inference.py --device cuda --images 512 --e2e-images "${E2E_IMAGES:-4096}" \
+    --repeat "${REPEAT:-1}" --scans 2>&1 | tee "$OUT/bench.txt"
+timeout "${VARIANTS_S:-120}" python3 bench_cuda_variants.py --passes 10 --out "$OUT/variants.txt" \
+    --parts "${VARIANT_PARTS:-batches,layout,graphs,compile}"
