@@ -108,7 +108,13 @@ def grey_from_l(l_u8: np.ndarray) -> np.ndarray:
     Training (colour photos) and inference (grey photos) both feed VGG this, so the network sees the
     same kind of grey image in both.
     """
-    return _grey_lut()[l_u8]
+    l_u8 = np.ascontiguousarray(l_u8, np.uint8)
+    if l_u8.size == 0:
+        return l_u8.copy()
+    # cv2.LUT on a 2-D view: several times faster than numpy's gather on a batch (4-13 vs 25 ms for
+    # 128 x 224 x 224) and it releases the GIL, which the batch loop shares with the I/O threads
+    rows = l_u8.reshape(-1, l_u8.shape[-1]) if l_u8.ndim >= 2 else l_u8.reshape(1, -1)
+    return cv2.LUT(rows, _grey_lut()).reshape(l_u8.shape)
 
 
 def load_data_array(name: str) -> np.ndarray:

@@ -82,3 +82,14 @@ def test_count_prior_of_a_grey_image_is_the_neutral_bin():
     assert prior.sum() == pytest.approx(1.0)
     neutral = np.argmin((gamut_centres() ** 2).sum(1))
     assert prior[neutral] == pytest.approx(1.0)
+
+
+def test_grey_from_l_any_shape_is_the_table_lookup():
+    from colorize_cli.color import _grey_lut
+
+    rng = np.random.default_rng(3)
+    for shape in [(5,), (3, 4), (2, 224, 224), (1, 7, 600), (0, 4)]:
+        l_u8 = rng.integers(0, 256, shape, dtype=np.uint8)
+        grey = grey_from_l(l_u8)
+        assert grey.shape == l_u8.shape and grey.dtype == np.uint8
+        np.testing.assert_array_equal(grey, _grey_lut()[l_u8])
