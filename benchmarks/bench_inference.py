@@ -2,6 +2,7 @@
 
     python benchmarks/bench_inference.py [--device cpu|cuda] [--images 64] [--e2e-images 512] [--repeat 3]
                                          [--passes 1] [--batch-size N] [--workers N] [--model PATH] [--scans]
+                                         [--compile]
 
 Rows (all with 8 samples per image):
   (a) seed-style reference: the tutorial's inference loop, fp32 -- VGG + MDN per batch of 32, then per image
@@ -224,6 +225,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     ap.add_argument("--scans", action="store_true", help="also time a folder of 2-12 megapixel scans")
     ap.add_argument("--skip-seed", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time the networks under torch.compile (--compile)")
     args = ap.parse_args()
     from colorize_cli.batch import default_batch_size
 
@@ -262,7 +264,18 @@ def main() -> None:
         if device.type == "cuda":
             rate = model_on_device(colorizer, l64, l224, device, args.batch_size, passes)
             show(("(b) model-only, on the device alone", f"{setting}, bf16, batch {args.batch_size}", rate,
-                         f"no host copies of the outputs{_gpu_peak_note(device)}"))
+                  f"no host copies of the outputs{_gpu_peak_note(device)}"))
+        if args.compile:
+            compiled = Colorizer.load(args.model, device, True, "inductor")
+            took = compiled.warm_up(args.batch_size)
+            rate, comp_ab = model_only(compiled, l64, l224, device, True, args.batch_size, passes)
+            diff = np.abs(comp_ab - bf16_ab)
+            show(("(b) colorize model-only, --compile", f"{setting}, bf16, batch {args.batch_size}", rate,
+                  f"compiled in {took:.0f} s; |compiled-eager| ab: mean {diff.mean():.4f}, max {diff.max():.4f}"))
+            if device.type == "cuda":
+                rate = model_on_device(compiled, l64, l224, device, args.batch_size, passes)
+                show(("(b) the same, on the device alone", f"{setting}, bf16, batch {args.batch_size}", rate, ""))
+            del compiled
         use_bf16 = device.type == "cuda" or cpu_has_fast_bf16()
         mode = "bf16" if use_bf16 else "fp32"
         e2e_count = len(lfw_images(args.e2e_images, tmp / "lfw-e2e"))
@@ -273,6 +286,9 @@ def main() -> None:
         if device.type == "cuda":   # the CPU's merge, for comparison with the device's (the default on CUDA)
             jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --merge cpu"] = (
                 tmp / "lfw-e2e", e2e_count, batch + ["--format", "jpg", "--merge", "cpu"])
+        if args.compile:
+            jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --compile"] = (
+                tmp / "lfw-e2e", e2e_count, batch + ["--format", "jpg", "--compile"])
         if args.scans:
             jobs["4 scans 2-12 MP -> png sheets"] = (tmp / "scans", len(_scan_images(tmp / "scans")), [])
         runs: dict[str, list[EndToEnd]] = {name: [] for name in jobs}

@@ -13,6 +13,6 @@ echo "cores: $(nproc)"
 env -u COLORIZE_SHARED timeout "${PYTEST_S:-90}" python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_imageio.py tests/test_cli.py -k "not edge_cases and not killed" 2>&1 | tail -4 | tee "$OUT/pytest.txt"
 cd benchmarks
 timeout "${BENCH_S:-240}" python3 bench_inference.py --device cuda --images 512 --e2e-images "${E2E_IMAGES:-4096}" \
-    --repeat "${REPEAT:-1}" --scans 2>&1 | tee "$OUT/bench.txt"
+    --repeat "${REPEAT:-1}" --scans --compile 2>&1 | tee "$OUT/bench.txt"
 timeout "${VARIANTS_S:-120}" python3 bench_cuda_variants.py --passes 10 --out "$OUT/variants.txt" \
     --parts "${VARIANT_PARTS:-batches,layout,graphs,compile}"

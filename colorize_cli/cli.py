@@ -80,11 +80,15 @@ def _resolve_device(spec: str):
 @click.option("--merge", "merge_on", type=click.Choice(["auto", "device", "cpu"]), default="auto", show_default=True,
               help="where samples are upsampled and merged with the full-resolution L: the model's device, the "
                    "CPU threads, or auto (the device when it is a GPU, for photos up to 2 megapixels)")
+@click.option("--compile", "compile_networks", is_flag=True,
+              help="torch.compile the networks before the run: on an H100 they ran 6,421 img/s against 3,566 "
+                   "eager, after ~20 s of compiling; on a CPU ~10% faster after a minute or more (needs a C++ "
+                   "compiler; on CUDA, Triton)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
 @click.option("--quiet", "-q", is_flag=True, help="only errors on stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch_size, seed, overwrite,
-            recursive, bf16, workers, merge_on, as_json, quiet, debug):
+            recursive, bf16, workers, merge_on, compile_networks, as_json, quiet, debug):
     """Colorize photos: files and folders (walked recursively); ``-`` reads paths from stdin.
 
     Writes PHOTO.colorized.png (a sheet of the samples, most probable first) beside each input, or under
@@ -104,6 +108,7 @@ def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch
     code = run_batch_command(expanded, samples=samples, model=model, output=output, separate=separate, fmt=fmt,
                              quality=quality, device_spec=device, batch_size=batch_size, seed=seed,
                              overwrite=overwrite, recursive=recursive, bf16=bf16, workers=workers, merge_on=merge_on,
+                             compile_networks=compile_networks,
                              as_json=as_json, quiet=quiet, debug=debug)
     sys.exit(code)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+#: torch.compile's backend for --compile
+COMPILE_BACKEND = "inductor"
 
 
 def _err(message: str) -> None:
@@ -20,7 +22,7 @@ def _err(message: str) -> None:
 def run_batch_command(paths: list[str], *, samples: int, model: Path | None, output: Path | None, separate: bool,
                       fmt: str, quality: int | None, device_spec: str, batch_size: int | None, seed: int,
                       overwrite: bool, recursive: bool, bf16: bool | None, workers: int | None, as_json: bool,
-                      merge_on: str = "auto",
+                      merge_on: str = "auto", compile_networks: bool = False,
                       quiet: bool, debug: bool) -> int:
     from .batch import BatchOptions, run_paths
 
@@ -40,11 +42,26 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
             raise _UsageFailure(str(err)) from err
         use_bf16 = bf16 if bf16 is not None else (device.type == "cuda" or cpu_has_fast_bf16())
         try:
-            return Colorizer.load(model, device, use_bf16)
+            colorizer = Colorizer.load(model, device, use_bf16, COMPILE_BACKEND if compile_networks else None)
         except (FileNotFoundError, RuntimeError, ValueError) as err:
             if debug:
                 traceback.print_exc()
             raise _UsageFailure(str(err)) from err
+        if compile_networks:
+            from .batch import default_batch_size
+
+            if not quiet and not as_json:
+                _err("compiling the networks (torch.compile; a minute or so)")
+            try:
+                seconds = colorizer.warm_up(opts.batch_size or default_batch_size(device.type), samples)
+            except RuntimeError as err:   # torch's compiler errors (no C++ compiler, no Triton...) are RuntimeErrors
+                if debug:
+                    traceback.print_exc()
+                first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise _UsageFailure(f"--compile failed: {first_line[:300]}") from err
+            if not quiet and not as_json:
+                _err(f"compiled in {seconds:.0f} s")
+        return colorizer
 
     found, results = run_paths(paths, load_colorizer, opts, recursive)
     for missing in found.missing:

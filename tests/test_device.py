@@ -82,3 +82,42 @@ def test_cuda_sheets_merged_on_the_gpu_equal_the_cpu_merge(tmp_path, tiny_run):
         # the same model run twice on the GPU (cuDNN may pick other algorithms): ab within float noise
         diff = np.abs(gpu - cpu)
         assert diff.max() <= 3 and diff.mean() < 0.05, rel
+
+
+def test_compiled_networks_pad_batches_and_equal_eager(tiny_run):
+    # torch.compile's "eager" backend: dynamo's graph capture without code generation (inductor's C++ build
+    # takes over a minute on CI's CPU); the padding and the compiled call path are the same
+    rng = np.random.default_rng(0)
+    l64 = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    l224 = rng.integers(0, 256, (3, 224, 224), dtype=np.uint8)
+    plain = Colorizer.load(tiny_run, "cpu").predict(l64, l224, 10, [1, 2, 3])
+    compiled = Colorizer.load(tiny_run, "cpu", compile_backend="eager")
+    full = compiled.predict(l64, l224, 10, [1, 2, 3])
+    short = compiled.predict(l64[:2], l224[:2], 10, [1, 2])   # padded to 3 with blank images
+    assert len(short) == 2 and short[0].ab.shape == (10, 2, 64, 64)
+    for a, b in zip(plain, full):
+        np.testing.assert_array_equal(a.ab, b.ab)
+        np.testing.assert_array_equal(a.weights, b.weights)
+    for a, b in zip(plain, short):
+        np.testing.assert_allclose(a.ab, b.ab, atol=1e-5)
+
+
+def test_cli_compile_flag(tmp_path, tiny_run, monkeypatch):
+    from colorize_cli import runner
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"p{i}.jpg"), synthetic_photo(np.random.default_rng(i)))
+    args = [str(tmp_path), "--model", str(tiny_run), "--device", "cpu", "--samples", "4", "--batch-size", "2"]
+    plain = CliRunner().invoke(main, args + ["-o", str(tmp_path / "plain")])
+    monkeypatch.setattr(runner, "COMPILE_BACKEND", "eager")
+    compiled = CliRunner().invoke(main, args + ["-o", str(tmp_path / "compiled"), "--compile"])
+    assert plain.exit_code == 0 and compiled.exit_code == 0, compiled.output
+    assert "compiled in" in compiled.output
+    for i in range(3):
+        assert (tmp_path / "plain" / f"p{i}.colorized.png").read_bytes() == \
+            (tmp_path / "compiled" / f"p{i}.colorized.png").read_bytes()
+    # a compiler that cannot run: one line, a usage error, nothing written
+    monkeypatch.setattr(runner, "COMPILE_BACKEND", "no-such-backend")
+    failed = CliRunner().invoke(main, args + ["-o", str(tmp_path / "failed"), "--compile"])
+    assert failed.exit_code == 2 and "no-such-backend" in failed.output and "Traceback" not in failed.output
+    assert not (tmp_path / "failed").exists() or not list((tmp_path / "failed").iterdir())
