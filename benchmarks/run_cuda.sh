@@ -2,7 +2,14 @@
 # The CUDA checks and benchmarks in one go, for a lent GPU machine (see README "Speed"). Run from the repo
 # root with the package importable (PYTHONPATH=. or installed). Writes its tables under ${OUT:-/tmp/cuda-out}.
 #   COLORIZE_SHARED: a folder laid out like ../shared/data's parent (LFW test split, an old photo), if
-#   ../shared is not beside the repo.
+#   ../shared is not beside the repo. For a machine that gets only the repo (13 MB, git-ignored):
+#     mkdir -p .bench_shared/data/lfw-splits .bench_shared/data/old_photos/ddcolor
+#     cp ../shared/data/lfw-splits/test.txt .bench_shared/data/lfw-splits/
+#     (cd ../shared/data && tar cf - $(cat lfw-splits/test.txt)) | (cd .bench_shared/data && tar xf -)
+#     cp "$(ls ../shared/data/old_photos/ddcolor/*.jpg | head -1)" .bench_shared/data/old_photos/ddcolor/
+#     echo /.bench_shared/ >> .git/info/exclude
+#   then carry .bench_shared and run: COLORIZE_SHARED=$PWD/.bench_shared bash benchmarks/run_cuda.sh
+#   Time limits per step (seconds): PYTEST_S, BENCH_S, VARIANTS_S; E2E_IMAGES, REPEAT, VARIANT_PARTS.
 set -o pipefail
 OUT=${OUT:-/tmp/cuda-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

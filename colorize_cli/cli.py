@@ -82,8 +82,8 @@ def _resolve_device(spec: str):
                    "CPU threads, or auto (the device when it is a GPU, for photos up to 2 megapixels)")
 @click.option("--compile", "compile_networks", is_flag=True,
               help="torch.compile the networks before the run: on an H100 they ran 6,421 img/s against 3,566 "
-                   "eager, after ~20 s of compiling; on a CPU ~10% faster after a minute or more (needs a C++ "
-                   "compiler; on CUDA, Triton)")
+                   "eager, after ~20 s of compiling; on a 2-core CPU 5% more steady throughput after 20-80 s, so "
+                   "for long runs (needs a C++ compiler; on CUDA, Triton)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
 @click.option("--quiet", "-q", is_flag=True, help="only errors on stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
