@@ -168,6 +168,8 @@ def encode_image(img: np.ndarray, fmt: str, quality: int | None = None) -> bytes
         params = [cv2.IMWRITE_WEBP_QUALITY, 95 if quality is None else int(quality)]
     elif fmt == "png":
         params = [cv2.IMWRITE_PNG_COMPRESSION, png_level(quality)]
+        if hasattr(cv2, "IMWRITE_PNG_FILTER"):   # OpenCV >= 4.11: PNG's 'Up' filter (see write_png_streaming)
+            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     ok, buf = cv2.imencode(ENCODE_EXT[fmt], img, params)
