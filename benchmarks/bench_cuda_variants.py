@@ -43,19 +43,14 @@ def _inputs(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(grey_from_l(l224)).to(device), torch.from_numpy(l64).to(device)
 
 
-def make_step(colorizer, bf16: bool = True):
-    cvae, mdn, vgg = colorizer.cvae, colorizer.mdn, colorizer.vgg
-    kind = colorizer.device.type
+def make_step(colorizer):
+    """The networks of Colorizer.predict on device tensors: grey224 (B, 224, 224) uint8, l64 (B, 64, 64)
+    uint8 -> ab (B * 8, 2, 64, 64); bf16 as ``colorizer.bf16``."""
 
     def step(grey224: torch.Tensor, l64: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
-            means, weights = mdn.mixture(vgg(grey224))
-        z, _ = colorizer.choose_latents(means.float(), weights.float(), 8, [])
-        grey64 = (l64.float() * (2 / 255) - 1)[:, None]
-        with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
-            feats = cvae.cond_encoder(grey64)
-            ab = cvae.decoder.forward_samples(z, *feats)
-        return ab.float()
+        means, weights = colorizer._mixture_eager(grey224)
+        z, _ = colorizer.choose_latents(means, weights, 8, [])
+        return colorizer._decode_eager(z, (l64.float() * (2 / 255) - 1)[:, None])
 
     return step
 
@@ -123,15 +118,17 @@ def main() -> None:
     if args.smoke:
         grey_all, l64_all = grey_all[:4], l64_all[:4]
     g, l = grey_all[:256], l64_all[:256]
+    nb = len(g)   # 256 (4 in a smoke test)
     if "layout" in parts:
         torch.backends.cudnn.benchmark = False
-        row("  same, cudnn.benchmark off, batch 256", time_it(lambda: step(g, l), 256, args.passes))
+        row(f"  same, cudnn.benchmark off, batch {nb}", time_it(lambda: step(g, l), nb, args.passes))
         torch.backends.cudnn.benchmark = True
-        fp32 = make_step(colorizer, bf16=False)
-        row("  same, fp32 (TF32 convolutions), batch 256", time_it(lambda: fp32(g, l), 256, max(1, args.passes // 4)))
+        colorizer.bf16 = False
+        row(f"  same, fp32 (TF32 convolutions), batch {nb}", time_it(lambda: step(g, l), nb, max(1, args.passes // 4)))
+        colorizer.bf16 = True
         for m in (colorizer.cvae, colorizer.mdn, colorizer.vgg):
             m.to(memory_format=torch.contiguous_format)
-        row("  same, NCHW (contiguous) weights, batch 256", time_it(lambda: step(g, l), 256, args.passes))
+        row(f"  same, NCHW (contiguous) weights, batch {nb}", time_it(lambda: step(g, l), nb, args.passes))
         for m in (colorizer.cvae, colorizer.mdn, colorizer.vgg):
             m.to(memory_format=torch.channels_last)
 
