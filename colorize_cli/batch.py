@@ -25,6 +25,10 @@ MAX_BATCH_PIXELS = 100_000_000
 #: on a GPU, sheets of inputs up to this size are merged there whole (an 8-sample sheet of 2 MP is 48 MB
 #: on the host); larger ones go through the CPU's strips, which never hold a whole sheet
 DEVICE_SHEET_MAX_PIXELS = 2_000_000
+#: host memory (page-locked) for the GPU-merged sheets of one batch, at most: a batch closes early past it
+DEVICE_SHEET_BATCH_BYTES = 512 << 20
+#: GPU-merged sheets waiting for the writers, at most (bytes); the batch loop waits for writes beyond it
+HELD_SHEET_BYTES = 1 << 30
 #: png sheets above this many pixels are written strip by strip (write_png_streaming); smaller ones whole by
 #: OpenCV, whose encoder (same 'Up' filter and zlib level) took 44-54 ms against 63-68 ms for an LFW sheet
 STREAM_PNG_PIXELS = 16_000_000
@@ -221,7 +225,9 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
     lookahead = max(2 * batch_size, opts.workers * 2)
     with ThreadPoolExecutor(opts.workers, thread_name_prefix="colorize-io", initializer=_name_io_thread) as pool:
         decoding: deque[Future] = deque()
-        writing: deque[Future | ItemResult] = deque()
+        # results in input order: finished ones, or writes under way with the bytes of the sheet they hold
+        writing: deque[tuple[Future | ItemResult, int]] = deque()
+        held = [0]   # bytes of GPU-merged sheets in ``writing``
 
         def refill() -> None:
             while pending_items and len(decoding) < lookahead:
@@ -232,15 +238,32 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
                     decoding.append(pool.submit(_decode, item))
 
         def drain(limit: int) -> Iterator[ItemResult]:
-            # wait while more than ``limit`` writes are in flight; pass on finished ones in order either way
-            while writing and (len(writing) > limit or isinstance(writing[0], ItemResult) or writing[0].done()):
-                head = writing.popleft()
+            # wait while more than ``limit`` writes (or HELD_SHEET_BYTES of sheets) are in flight; pass on
+            # finished ones in order either way
+            while writing and (len(writing) > limit or held[0] > HELD_SHEET_BYTES
+                               or isinstance(writing[0][0], ItemResult) or writing[0][0].done()):
+                head, size = writing.popleft()
+                held[0] -= size
                 yield head if isinstance(head, ItemResult) else head.result()
 
         def submit_writes(launched) -> None:
-            batch, pending = launched
-            for dec, pred in zip(batch, pending.result()):
-                writing.append(pool.submit(_write, dec, pred, opts))
+            # a batch's inputs in input order: results already known (skipped, unreadable) and decoded photos,
+            # whose predictions go to the writers
+            slots, pending = launched
+            preds = iter(pending.result() if pending is not None else ())
+            for slot in slots:
+                if isinstance(slot, ItemResult):
+                    writing.append((slot, 0))
+                    continue
+                pred = next(preds)
+                size = pred.sheet.nbytes if pred.sheet is not None else 0
+                held[0] += size
+                writing.append((pool.submit(_write, slot, pred, opts), size))
+
+        def merged_here(dec: _Decoded) -> bool:
+            return device_sheets and dec.prep.l_full.size <= DEVICE_SHEET_MAX_PIXELS
+
+        channels_max = 4   # BGRA at most
 
         refill()
         # on a GPU one batch in flight: batch k+1 is queued on the device before batch k's results are
@@ -250,33 +273,36 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
         in_flight = None
         while decoding:
             batch: list[_Decoded] = []
-            early: list[ItemResult] = []   # skipped or unreadable inputs met while filling this batch
-            pixels = 0
-            # a batch also closes early on a pixel budget, so a folder of huge scans stays within memory
-            while decoding and len(batch) < batch_size and pixels < MAX_BATCH_PIXELS:
+            slots: list[_Decoded | ItemResult] = []   # the batch's photos and the inputs skipped among them
+            pixels = sheet_bytes = 0
+            # a batch also closes early on a pixel budget, so a folder of huge scans stays within memory, and
+            # on the bytes of the sheets it will hold in host memory when they are merged on the GPU
+            while (decoding and len(batch) < batch_size and pixels < MAX_BATCH_PIXELS
+                   and sheet_bytes < DEVICE_SHEET_BATCH_BYTES):
                 got = decoding.popleft().result()
                 refill()
                 if isinstance(got, ItemResult):
-                    early.append(got)
+                    slots.append(got)
                 elif got.error is not None:
-                    early.append(ItemResult(str(got.item.path), "failed",
+                    slots.append(ItemResult(str(got.item.path), "failed",
                                             seconds=time.perf_counter() - got.started, error=got.error))
                 else:
+                    slots.append(got)
                     batch.append(got)
                     pixels += got.prep.l_full.size
-            launched = None
+                    if merged_here(got):
+                        sheet_bytes += got.prep.l_full.size * opts.samples * channels_max
+            pending = None
             if batch:
                 l64 = np.stack([d.prep.l64 for d in batch])
                 l224 = np.stack([d.prep.l224 for d in batch])
                 seeds = [image_seed(opts.seed, d.item.rel.as_posix()) for d in batch]
-                full = [(d.prep.l_full, d.alpha) if device_sheets and d.prep.l_full.size <= DEVICE_SHEET_MAX_PIXELS
-                        else None for d in batch]
-                launched = (batch, colorizer.predict_async(l64, l224, opts.samples, seeds, full))
+                full = [(d.prep.l_full, d.alpha) if merged_here(d) else None for d in batch]
+                pending = colorizer.predict_async(l64, l224, opts.samples, seeds, full)
             if in_flight is not None:
                 submit_writes(in_flight)
-            writing.extend(early)
-            in_flight = launched
-            if not pipelined and in_flight is not None:
+            in_flight = (slots, pending)
+            if not pipelined or pending is None:
                 submit_writes(in_flight)
                 in_flight = None
             yield from drain(2 * batch_size)

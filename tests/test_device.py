@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -121,3 +122,31 @@ def test_cli_compile_flag(tmp_path, tiny_run, monkeypatch):
     failed = CliRunner().invoke(main, args + ["-o", str(tmp_path / "failed"), "--compile"])
     assert failed.exit_code == 2 and "no-such-backend" in failed.output and "Traceback" not in failed.output
     assert not (tmp_path / "failed").exists() or not list((tmp_path / "failed").iterdir())
+
+
+def test_device_sheet_memory_budgets_keep_order_and_outputs(tmp_path, tiny_run, monkeypatch):
+    # budgets of one byte: every batch closes after its first GPU-merged photo and every write is awaited
+    from colorize_cli import batch
+    from colorize_cli.batch import BatchOptions, colorize_items, discover, plan_outputs
+
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / f"p{i}.jpg"), synthetic_photo(np.random.default_rng(i), 60 + 7 * i, 80))
+    (tmp_path / "p2b.jpg").write_bytes(b"not a picture")
+    colorizer = Colorizer.load(tiny_run, "cpu")
+    runs = {}
+    for name, budget in (("free", None), ("tight", 1)):
+        if budget is not None:
+            monkeypatch.setattr(batch, "DEVICE_SHEET_BATCH_BYTES", budget)
+            monkeypatch.setattr(batch, "HELD_SHEET_BYTES", budget)
+        opts = BatchOptions(samples=3, output_dir=tmp_path / name, device_sheets=True, batch_size=4)
+        found = discover([str(tmp_path)], recursive=False)
+        plan_outputs(found.items, opts)
+        runs[name] = list(colorize_items(found.items, colorizer, opts))
+    for name, results in runs.items():
+        assert [Path(r.input).name for r in results] == ["p0.jpg", "p1.jpg", "p2.jpg", "p2b.jpg", "p3.jpg", "p4.jpg"]
+        assert [r.status for r in results] == ["done"] * 3 + ["failed"] + ["done"] * 2
+    for i in range(5):
+        free = cv2.imread(str(tmp_path / "free" / f"p{i}.colorized.png")).astype(np.int16)
+        tight = cv2.imread(str(tmp_path / "tight" / f"p{i}.colorized.png"))
+        # other batch sizes: oneDNN may block the convolutions differently (float rounding)
+        assert free.shape == tight.shape and np.abs(free - tight).max() <= 2
