@@ -97,6 +97,11 @@ def _gpu_peak_note(device) -> str:
     return f"; GPU peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB" if device.type == "cuda" else ""
 
 
+def _ab_difference(a: np.ndarray, b: np.ndarray) -> str:
+    diff = np.abs(a - b)
+    return f"mean {diff.mean():.4f}, max {diff.max():.4f}"
+
+
 def model_only(colorizer, l64, l224, device, bf16: bool, batch: int, passes: int = 1) -> tuple[float, np.ndarray]:
     """Colorizer.predict over the images ``passes`` times (outputs copied to the host, as the CLI does)."""
     colorizer.bf16 = bf16
@@ -256,11 +261,10 @@ def main() -> None:
             show(("(a) seed-style reference, model-only", f"{setting}, fp32, batch 32", seed_rate, ""))
         fp32_rate, fp32_ab = model_only(colorizer, l64, l224, device, False, args.batch_size, passes)
         show(("(b) colorize model-only", f"{setting}, fp32, batch {args.batch_size}", fp32_rate,
-                     f"{passes} pass(es){_gpu_peak_note(device)}"))
+              f"{passes} pass(es){_gpu_peak_note(device)}"))
         bf16_rate, bf16_ab = model_only(colorizer, l64, l224, device, True, args.batch_size, passes)
-        diff = np.abs(bf16_ab - fp32_ab)
         show(("(b) colorize model-only", f"{setting}, bf16, batch {args.batch_size}", bf16_rate,
-                     f"|bf16-fp32| ab: mean {diff.mean():.4f}, max {diff.max():.4f}{_gpu_peak_note(device)}"))
+              f"|bf16-fp32| ab: {_ab_difference(bf16_ab, fp32_ab)}{_gpu_peak_note(device)}"))
         if device.type == "cuda":
             rate = model_on_device(colorizer, l64, l224, device, args.batch_size, passes)
             show(("(b) model-only, on the device alone", f"{setting}, bf16, batch {args.batch_size}", rate,
@@ -269,9 +273,8 @@ def main() -> None:
             compiled = Colorizer.load(args.model, device, True, "inductor")
             took = compiled.warm_up(args.batch_size)
             rate, comp_ab = model_only(compiled, l64, l224, device, True, args.batch_size, passes)
-            diff = np.abs(comp_ab - bf16_ab)
             show(("(b) colorize model-only, --compile", f"{setting}, bf16, batch {args.batch_size}", rate,
-                  f"compiled in {took:.0f} s; |compiled-eager| ab: mean {diff.mean():.4f}, max {diff.max():.4f}"))
+                  f"compiled in {took:.0f} s; |compiled-eager| ab: {_ab_difference(comp_ab, bf16_ab)}"))
             if device.type == "cuda":
                 rate = model_on_device(compiled, l64, l224, device, args.batch_size, passes)
                 show(("(b) the same, on the device alone", f"{setting}, bf16, batch {args.batch_size}", rate, ""))

@@ -263,8 +263,6 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
         def merged_here(dec: _Decoded) -> bool:
             return device_sheets and dec.prep.l_full.size <= DEVICE_SHEET_MAX_PIXELS
 
-        channels_max = 4   # BGRA at most
-
         refill()
         # on a GPU one batch in flight: batch k+1 is queued on the device before batch k's results are
         # collected and handed to the writers, so the GPU computes while this thread assembles and dispatches
@@ -291,7 +289,7 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
                     batch.append(got)
                     pixels += got.prep.l_full.size
                     if merged_here(got):
-                        sheet_bytes += got.prep.l_full.size * opts.samples * channels_max
+                        sheet_bytes += got.prep.l_full.size * opts.samples * 4   # BGRA at most
             pending = None
             if batch:
                 l64 = np.stack([d.prep.l64 for d in batch])

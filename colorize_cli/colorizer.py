@@ -197,7 +197,8 @@ class Colorizer:
             l64, l224 = _pad_batch(l64, self._padded_batch), _pad_batch(l224, self._padded_batch)
             seeds += [0] * (self._padded_batch - count)
         means, weights = self.mixture(l224)
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        # the seeds matter only for draws beyond the K means (a generator per image is not free in this loop)
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds] if samples > self.components else []
         z, w = self.choose_latents(means, weights, samples, generators)
         ab_device, w = self.decode(z, l64)[:count], w[:count]
         wanted = [i for i, f in enumerate(full or []) if f is not None]

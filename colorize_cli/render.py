@@ -158,12 +158,13 @@ def _tile_torch(tiles, cols: int, gap: int):
 
     b, n, h, w, c = tiles.shape
     rows = -(-n // cols)
+    # each tile with its gap below and to the right, then the last row's and column's gaps cut off
     canvas = torch.full((b, rows, h + gap, cols, w + gap, c), 255, dtype=torch.uint8, device=tiles.device)
     if rows * cols > n:   # a short last row: white tiles
         tiles = torch.cat([tiles, tiles.new_full((b, rows * cols - n, h, w, c), 255)], 1)
     canvas[:, :, :h, :, :w] = tiles.view(b, rows, cols, h, w, c).transpose(2, 3)
-    sheet = canvas.view(b, rows * (h + gap), cols * (w + gap), c)
-    return sheet[:, :rows * (h + gap) - gap, :cols * (w + gap) - gap].contiguous()
+    height, width = sheet_shape(h, w, n, cols, gap)
+    return canvas.view(b, rows * (h + gap), cols * (w + gap), c)[:, :height, :width].contiguous()
 
 
 def sheet_shape(h: int, w: int, n: int, cols: int, gap: int) -> tuple[int, int]:
