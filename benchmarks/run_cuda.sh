@@ -7,19 +7,26 @@
 #     cp ../shared/data/lfw-splits/test.txt .bench_shared/data/lfw-splits/
 #     (cd ../shared/data && tar cf - $(cat lfw-splits/test.txt)) | (cd .bench_shared/data && tar xf -)
 #     cp "$(ls ../shared/data/old_photos/ddcolor/*.jpg | head -1)" .bench_shared/data/old_photos/ddcolor/
+#     # what the CLI tests use (tests needing more of ../shared skip on this copy, saying what is missing)
+#     cp "../shared/data/old_photos/ddcolor/Audrey Hepburn.jpg" .bench_shared/data/old_photos/ddcolor/
+#     mkdir -p .bench_shared/data/old_photos/bringing-old-photos-back
+#     cp ../shared/data/old_photos/bringing-old-photos-back/a.png .bench_shared/data/old_photos/bringing-old-photos-back/
 #     echo /.bench_shared/ >> .git/info/exclude
 #   then carry .bench_shared and run: COLORIZE_SHARED=$PWD/.bench_shared bash benchmarks/run_cuda.sh
-#   Time limits per step (seconds): PYTEST_S, BENCH_S, VARIANTS_S; E2E_IMAGES, REPEAT, VARIANT_PARTS.
+#   Time limits per step (seconds): PYTEST_S, BENCH_S, PROFILE_S, VARIANTS_S; E2E_IMAGES, REPEAT,
+#   PROFILE_IMAGES, VARIANT_PARTS (none: skip the variants).
 set -o pipefail
 OUT=${OUT:-/tmp/cuda-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
 python3 -c "import torch, torchvision, cv2, numpy; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cv2', cv2.__version__, 'numpy', numpy.__version__)"
 echo "cores: $(nproc)"
-# the tests find ../shared themselves (and skip what needs it): not the benchmark's partial copy
-env -u COLORIZE_SHARED timeout "${PYTEST_S:-90}" python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_imageio.py tests/test_cli.py -k "not edge_cases and not killed" 2>&1 | tail -4 | tee "$OUT/pytest.txt"
+# tests that need what a partial copy (COLORIZE_SHARED) lacks skip, naming it
+timeout "${PYTEST_S:-90}" python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_imageio.py tests/test_cli.py -k "not edge_cases and not killed" -rs 2>&1 | tail -15 | tee "$OUT/pytest.txt"
 cd benchmarks
 timeout "${BENCH_S:-240}" python3 bench_inference.py --device cuda --images 512 --e2e-images "${E2E_IMAGES:-4096}" \
     --repeat "${REPEAT:-1}" --scans --compile 2>&1 | tee "$OUT/bench.txt"
-timeout "${VARIANTS_S:-120}" python3 bench_cuda_variants.py --passes 10 --out "$OUT/variants.txt" \
+timeout "${PROFILE_S:-90}" python3 profile_e2e.py --device cuda --images "${PROFILE_IMAGES:-4096}" --top 40 \
+    -- --format jpg 2>&1 | cut -c1-200 > "$OUT/profile.txt"
+[ "${VARIANT_PARTS:-}" = none ] || timeout "${VARIANTS_S:-120}" python3 bench_cuda_variants.py --passes 10 --out "$OUT/variants.txt" \
     --parts "${VARIANT_PARTS:-batches,layout,graphs,compile}"

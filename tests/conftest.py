@@ -29,6 +29,13 @@ def shared() -> Path:
     return SHARED
 
 
+def require(*paths: Path) -> None:
+    """Skip unless these files of ../shared are there (a partial copy, as a benchmark carries, lacks some)."""
+    missing = [str(p.relative_to(SHARED)) for p in paths if not p.exists()]
+    if missing:
+        pytest.skip(f"not in {SHARED}: {', '.join(missing)}")
+
+
 def synthetic_photo(rng: np.random.Generator, h: int = 80, w: int = 96) -> np.ndarray:
     """A smooth colourful BGR image: gradients plus a few coloured discs."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)

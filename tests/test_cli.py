@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from colorize_cli.cli import main
-from conftest import OLD_PHOTOS, REPO, synthetic_photo
+from conftest import OLD_PHOTOS, REPO, require, synthetic_photo
 
 
 def invoke(*args, input=None):
@@ -23,6 +23,7 @@ def invoke(*args, input=None):
 @pytest.fixture()
 def photos(tmp_path, shared):
     """Real old photos (spaces in names, an RGBA PNG, a big JPEG) plus generated edge cases."""
+    require(OLD_PHOTOS / "ddcolor" / "Audrey Hepburn.jpg", OLD_PHOTOS / "bringing-old-photos-back")
     root = tmp_path / "photos"
     (root / "nested" / "deeper").mkdir(parents=True)
     big = sorted((OLD_PHOTOS / "ddcolor").glob("*.jpg"), key=lambda p: -p.stat().st_size)[0]

@@ -8,7 +8,7 @@ from colorize_cli.checkpoint import CheckpointError, read_checkpoint
 from colorize_cli.cli import main
 from colorize_cli.train import DataSpec, Reporter, TrainConfig, load_vae, train_mdn, train_vae
 from colorize_cli.vgg import VGGWeightsError, resolve_vgg_state
-from conftest import LFW_SPLITS, VGG_FILE
+from conftest import LFW_SPLITS, VGG_FILE, require
 
 
 class Quiet(Reporter):
@@ -27,6 +27,7 @@ def _records(run):
 
 @pytest.fixture(scope="module")
 def lfw16(shared, tmp_path_factory):
+    require(LFW_SPLITS / "train.txt", LFW_SPLITS / "test.txt", VGG_FILE)
     lists = tmp_path_factory.mktemp("lists")
     train = LFW_SPLITS.joinpath("train.txt").read_text().splitlines()[:16]
     test = LFW_SPLITS.joinpath("test.txt").read_text().splitlines()[:8]
