@@ -8,8 +8,9 @@ Rows (all with 8 samples per image):
   (a) seed-style reference: the tutorial's inference loop, fp32 -- VGG + MDN per batch of 32, then per image
       a batch of 32 full CVAE passes (colour encoder, condition encoder, decoder) with the 8 means tiled 4x;
   (b) colorize model-only: Colorizer.predict on batches (condition encoder once per image, decoder per
-      sample), fp32 and bf16, with the bf16-vs-fp32 difference of the ab outputs; on CUDA also the model on
-      the device alone (inputs uploaded, latents and ab left on the GPU), and peak GPU memory;
+      sample), fp32 and bf16, with the bf16-vs-fp32 difference of the ab outputs; on CUDA (CUDA graphs, the
+      default) also the model on the device alone (inputs uploaded, latents and ab left on the GPU), the
+      networks launched op by op (--no-cuda-graphs), and peak GPU memory;
   (c) colorize end to end, file to file: the `colorize` command in a subprocess on a folder of LFW photos
       (and with --scans a folder of 2-12 megapixel scans): the rate over the whole wall time including
       start-up and model load, the steady rate (from the arrival times of its --json lines: the results
@@ -231,13 +232,17 @@ def main() -> None:
     ap.add_argument("--scans", action="store_true", help="also time a folder of 2-12 megapixel scans")
     ap.add_argument("--skip-seed", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time the networks under torch.compile (--compile)")
+    ap.add_argument("--cuda-rows", default="--no-cuda-graphs,--merge cpu,--workers 8",
+                    help="on CUDA, end-to-end rows with these options against the defaults (comma-separated)")
     args = ap.parse_args()
     from colorize_cli.batch import default_batch_size
 
     device = resolve_device(args.device)
     args.batch_size = args.batch_size or default_batch_size(device.type)
     passes = args.passes or (20 if device.type == "cuda" else 1)
-    colorizer = Colorizer.load(args.model, device)
+    colorizer = Colorizer.load(args.model, device)   # on CUDA with its CUDA graphs (the default)
+    # the reference and the "no CUDA graphs" row: the networks launched from Python, op by op
+    eager = Colorizer.load(args.model, device, cuda_graphs=False) if device.type == "cuda" else colorizer
     tmp = Path(tempfile.mkdtemp(prefix="colorize-bench-"))
     try:
         paths = lfw_images(args.images, tmp / "lfw")
@@ -257,7 +262,7 @@ def main() -> None:
         setting = (f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
                    else f"cpu, {torch.get_num_threads()} threads")
         if not args.skip_seed:
-            seed_rate = seed_style(colorizer, l64, l224, device)
+            seed_rate = seed_style(eager, l64, l224, device)
             show(("(a) seed-style reference, model-only", f"{setting}, fp32, batch 32", seed_rate, ""))
         fp32_rate, fp32_ab = model_only(colorizer, l64, l224, device, False, args.batch_size, passes)
         show(("(b) colorize model-only", f"{setting}, fp32, batch {args.batch_size}", fp32_rate,
@@ -269,16 +274,22 @@ def main() -> None:
             rate = model_on_device(colorizer, l64, l224, device, args.batch_size, passes)
             show(("(b) model-only, on the device alone", f"{setting}, bf16, batch {args.batch_size}", rate,
                   f"no host copies of the outputs{_gpu_peak_note(device)}"))
+            rate, eager_ab = model_only(eager, l64, l224, device, True, args.batch_size, passes)
+            show(("(b) colorize model-only, --no-cuda-graphs", f"{setting}, bf16, batch {args.batch_size}", rate,
+                  f"|graphs-eager| ab: {_ab_difference(bf16_ab, eager_ab)}"))
         if args.compile:
-            compiled = Colorizer.load(args.model, device, True, "inductor")
-            took = compiled.warm_up(args.batch_size)
-            rate, comp_ab = model_only(compiled, l64, l224, device, True, args.batch_size, passes)
-            show(("(b) colorize model-only, --compile", f"{setting}, bf16, batch {args.batch_size}", rate,
-                  f"compiled in {took:.0f} s; |compiled-eager| ab: {_ab_difference(comp_ab, bf16_ab)}"))
-            if device.type == "cuda":
-                rate = model_on_device(compiled, l64, l224, device, args.batch_size, passes)
-                show(("(b) the same, on the device alone", f"{setting}, bf16, batch {args.batch_size}", rate, ""))
-            del compiled
+            try:
+                compiled = Colorizer.load(args.model, device, True, "inductor")
+                took = compiled.warm_up(args.batch_size)
+                rate, comp_ab = model_only(compiled, l64, l224, device, True, args.batch_size, passes)
+                show(("(b) colorize model-only, --compile", f"{setting}, bf16, batch {args.batch_size}", rate,
+                      f"compiled in {took:.0f} s; |compiled-eager| ab: {_ab_difference(comp_ab, bf16_ab)}"))
+                if device.type == "cuda":
+                    rate = model_on_device(compiled, l64, l224, device, args.batch_size, passes)
+                    show(("(b) the same, on the device alone", f"{setting}, bf16, batch {args.batch_size}", rate, ""))
+                del compiled
+            except RuntimeError as err:   # a compiler that fails here is a finding, not the end of the table
+                print(f"  --compile failed: {str(err).strip().splitlines()[0][:300]}", flush=True)
         use_bf16 = device.type == "cuda" or cpu_has_fast_bf16()
         mode = "bf16" if use_bf16 else "fp32"
         e2e_count = len(lfw_images(args.e2e_images, tmp / "lfw-e2e"))
@@ -286,9 +297,12 @@ def main() -> None:
         # name -> (folder, photos in it, extra colorize options)
         jobs = {f"{e2e_count} LFW jpgs -> png sheets": (tmp / "lfw-e2e", e2e_count, batch),
                 f"{e2e_count} LFW jpgs -> jpg sheets": (tmp / "lfw-e2e", e2e_count, batch + ["--format", "jpg"])}
-        if device.type == "cuda":   # the CPU's merge, for comparison with the device's (the default on CUDA)
-            jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --merge cpu"] = (
-                tmp / "lfw-e2e", e2e_count, batch + ["--format", "jpg", "--merge", "cpu"])
+        if device.type == "cuda":   # each of the CUDA path's choices against the default
+            for label, opts in (("--no-cuda-graphs", ["--no-cuda-graphs"]), ("--merge cpu", ["--merge", "cpu"]),
+                                ("--workers 8", ["--workers", "8"])):
+                if label in args.cuda_rows.split(","):
+                    jobs[f"{e2e_count} LFW jpgs -> jpg sheets, {label}"] = (
+                        tmp / "lfw-e2e", e2e_count, batch + ["--format", "jpg", *opts])
         if args.compile:
             jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --compile"] = (
                 tmp / "lfw-e2e", e2e_count, batch + ["--format", "jpg", "--compile"])

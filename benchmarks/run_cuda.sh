@@ -14,7 +14,7 @@
 #     echo /.bench_shared/ >> .git/info/exclude
 #   then carry .bench_shared and run: COLORIZE_SHARED=$PWD/.bench_shared bash benchmarks/run_cuda.sh
 #   Time limits per step (seconds): PYTEST_S, BENCH_S, PROFILE_S, VARIANTS_S; E2E_IMAGES, REPEAT,
-#   PROFILE_IMAGES, VARIANT_PARTS (none: skip the variants).
+#   PROFILE_IMAGES, CUDA_ROWS (bench_inference.py --cuda-rows), VARIANT_PARTS (none: skip the variants).
 set -o pipefail
 OUT=${OUT:-/tmp/cuda-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -25,7 +25,8 @@ echo "cores: $(nproc)"
 timeout "${PYTEST_S:-90}" python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_imageio.py tests/test_cli.py -k "not edge_cases and not killed" -rs 2>&1 | tail -15 | tee "$OUT/pytest.txt"
 cd benchmarks
 timeout "${BENCH_S:-240}" python3 bench_inference.py --device cuda --images 512 --e2e-images "${E2E_IMAGES:-4096}" \
-    --repeat "${REPEAT:-1}" --scans --compile 2>&1 | tee "$OUT/bench.txt"
+    --repeat "${REPEAT:-1}" --scans --compile --cuda-rows="${CUDA_ROWS:---no-cuda-graphs,--merge cpu,--workers 8}" \
+    2>&1 | tee "$OUT/bench.txt"
 timeout "${PROFILE_S:-90}" python3 profile_e2e.py --device cuda --images "${PROFILE_IMAGES:-4096}" --top 40 \
     -- --format jpg 2>&1 | cut -c1-200 > "$OUT/profile.txt"
 [ "${VARIANT_PARTS:-}" = none ] || timeout "${VARIANTS_S:-120}" python3 bench_cuda_variants.py --passes 10 --out "$OUT/variants.txt" \

@@ -9,10 +9,15 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+#: read once, at import: setting the umask to read it is process-wide, and done per file it would race
+#: with the writer threads' mkdir (a folder made in that moment would get mode 0777)
+_UMASK = _read_umask()
 
 
 @contextmanager
@@ -27,7 +32,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         # mkstemp makes 0600 files; give outputs the permissions a plain open() would
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

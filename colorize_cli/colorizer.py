@@ -17,6 +17,7 @@ import torch
 from .color import CVAE_SIZE, VGG_SIZE, grey_from_l, normalize_u8
 from .data import model_views
 from .device import autocast, to_device, to_host
+from .graphs import graph_batch
 from .models import MDN, ConditionEncoder, CVAEConfig, Decoder
 from .render import merge, sheets_on_device
 from .vgg import GreyVGGFeatures
@@ -69,7 +70,8 @@ class Colorizer:
     """MDN + CVAE decoder + VGG features, on one device, colorizing batches of grey images."""
 
     def __init__(self, cvae: InferenceCVAE, mdn: MDN, vgg: GreyVGGFeatures, device: torch.device,
-                 bf16: bool = False, info: dict | None = None, compile_backend: str | None = None):
+                 bf16: bool = False, info: dict | None = None, compile_backend: str | None = None,
+                 cuda_graphs: bool | None = None):
         self.device = device
         self.bf16 = bf16
         # channels_last: oneDNN's fast convolution layout (the decoder measured 25 -> 11.5 ms per image for 8
@@ -91,6 +93,16 @@ class Colorizer:
         if compile_backend:
             self._mixture_net = torch.compile(self._mixture_eager, backend=compile_backend, dynamic=False)
             self._decode_net = torch.compile(self._decode_eager, backend=compile_backend, dynamic=False)
+        # CUDA graphs (default on a GPU, see graphs.py): the networks' launches replayed in one call per batch;
+        # batches padded to a few sizes, each captured once
+        self.cuda_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs:
+            if device.type != "cuda":
+                raise ValueError("CUDA graphs need a CUDA device")
+            from .graphs import GraphedCall
+
+            self._mixture_net = GraphedCall(self._mixture_net, device, key=lambda: self.bf16)
+            self._decode_net = GraphedCall(self._decode_net, device, key=lambda: self.bf16)
         self._padded_batch = 0
 
     @property
@@ -108,7 +120,8 @@ class Colorizer:
 
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-             bf16: bool = False, compile_backend: str | None = None) -> "Colorizer":
+             bf16: bool = False, compile_backend: str | None = None, cuda_graphs: bool | None = None
+             ) -> "Colorizer":
         """From a training run folder (vae.pt + mdn.pt), a bundle file, or the bundled default."""
         from .bundle import default_bundle_path, load_run
 
@@ -123,7 +136,7 @@ class Colorizer:
         if not path.is_dir():
             raise ModelNotFoundError(f"--model must be a folder (a training run or a bundle): {path}")
         cvae, mdn, vgg, info = load_run(path)
-        return cls(cvae, mdn, vgg, device, bf16, info, compile_backend)
+        return cls(cvae, mdn, vgg, device, bf16, info, compile_backend, cuda_graphs)
 
     @torch.no_grad()
     def mixture(self, l224: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +179,8 @@ class Colorizer:
         """Latents (B, N, D) + L at 64 (B, 64, 64) uint8 -> ab (B, N, 2, 64, 64) float32 on the device."""
         b, n, _ = z.shape
         grey = to_device(normalize_u8(l64), self.device)[:, None]                 # (B, 1, 64, 64)
-        return self._decode_net(z.to(self.device), grey).reshape(b, n, 2, CVAE_SIZE, CVAE_SIZE)
+        ab = self._decode_net(z.to(self.device), grey)
+        return (ab[0] if isinstance(ab, tuple) else ab).reshape(b, n, 2, CVAE_SIZE, CVAE_SIZE)
 
     def _decode_eager(self, z: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
         # z (B, N, D), grey (B, 1, 64, 64) float on the device -> ab (B * N, 2, 64, 64) float32
@@ -192,10 +206,14 @@ class Colorizer:
         the next batch (or write the last one) meanwhile; ``.result()`` waits for it."""
         count = len(l64)
         seeds = list(seeds) if seeds is not None else [0] * count
-        if self.compile_backend:   # one shape for the compiled graphs: pad with blank images, drop their results
+        if self.compile_backend or self.cuda_graphs:
+            # few input shapes: padded with blank images, their results dropped. Compiled: one shape (a compile
+            # takes ~20 s), the largest batch so far; graphs (a capture takes ~1 s): the next power of two
+            # unless that is larger
             self._padded_batch = max(self._padded_batch, count)
-            l64, l224 = _pad_batch(l64, self._padded_batch), _pad_batch(l224, self._padded_batch)
-            seeds += [0] * (self._padded_batch - count)
+            size = self._padded_batch if self.compile_backend else min(graph_batch(count), self._padded_batch)
+            l64, l224 = _pad_batch(l64, size), _pad_batch(l224, size)
+            seeds += [0] * (size - count)
         means, weights = self.mixture(l224)
         # the seeds matter only for draws beyond the K means (a generator per image is not free in this loop)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds] if samples > self.components else []

@@ -52,6 +52,40 @@ def test_cuda_matches_cpu(tiny_run):
         np.testing.assert_allclose(a.weights, b.weights, atol=1e-3)
 
 
+def test_cuda_graphs_need_cuda(tiny_run):
+    from colorize_cli.graphs import graph_batch
+
+    assert [graph_batch(n) for n in (1, 2, 3, 64, 65, 128, 129)] == [1, 2, 4, 64, 128, 128, 256]
+    assert not Colorizer.load(tiny_run, "cpu").cuda_graphs
+    with pytest.raises(ValueError, match="CUDA"):
+        Colorizer.load(tiny_run, "cpu", cuda_graphs=True)
+
+
+@cuda
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cuda_graphs_equal_eager(tiny_run, bf16):
+    # batches of 6, then 3 (padded to 4 in a second graph), then 6 again: the replays equal eager runs of the
+    # same shape exactly; the padded batch may get other convolution algorithms (close, not bit-equal)
+    rng = np.random.default_rng(0)
+    l64 = rng.integers(0, 256, (6, 64, 64), dtype=np.uint8)
+    l224 = rng.integers(0, 256, (6, 224, 224), dtype=np.uint8)
+    eager = Colorizer.load(tiny_run, "cuda", bf16, cuda_graphs=False)
+    graphed = Colorizer.load(tiny_run, "cuda", bf16)
+    assert graphed.cuda_graphs
+    for count in (6, 3, 6):
+        want = eager.predict(l64[:count], l224[:count], 8)
+        got = graphed.predict(l64[:count], l224[:count], 8)
+        assert len(got) == count
+        for a, b in zip(want, got):
+            if count == 6:
+                np.testing.assert_array_equal(a.ab, b.ab)
+                np.testing.assert_array_equal(a.weights, b.weights)
+            else:
+                assert np.abs(a.ab - b.ab).max() < 2e-2
+                np.testing.assert_allclose(a.weights, b.weights, atol=1e-3)
+    assert len(graphed._mixture_net.graphs) == 2 and len(graphed._decode_net.graphs) == 2
+
+
 @cuda
 def test_cli_on_cuda(tmp_path, tiny_run):
     for i in range(3):

@@ -53,6 +53,50 @@ def test_exif_orientation_is_applied():
     assert got.bgr[:20].mean() > 200 and got.bgr[20:].mean() < 50  # white ends up on top
 
 
+def _jpeg_with_exif(orientation: int, big_endian: bool = False) -> bytes:
+    """A small JPEG with an APP1 EXIF block holding only the Orientation tag."""
+    order = "big" if big_endian else "little"
+    entry = (0x0112).to_bytes(2, order) + (3).to_bytes(2, order) + (1).to_bytes(4, order) \
+        + orientation.to_bytes(2, order) + b"\x00\x00"
+    tiff = (b"MM" if big_endian else b"II") + (42).to_bytes(2, order) + (8).to_bytes(4, order) \
+        + (1).to_bytes(2, order) + entry + (0).to_bytes(4, order)
+    app1 = b"Exif\x00\x00" + tiff
+    jpg = _enc(synthetic_photo(np.random.default_rng(3), 30, 50), ".jpg")
+    return jpg[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + jpg[2:]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_jpeg_header_reader_agrees_with_pillow(orientation, big_endian):
+    from colorize_cli.imageio import _exif_orientation, _header_size, _jpeg_header
+
+    data = _jpeg_with_exif(orientation, big_endian)
+    assert _jpeg_header(data) == ((50, 30), orientation) == (_header_size(data), _exif_orientation(data))
+    upright = decode_image(_jpeg_with_exif(1, big_endian)).bgr
+    assert decode_image(data).bgr.shape[:2] == (upright.shape[:2] if orientation < 5 else upright.shape[1::-1])
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF")
+def test_jpeg_header_reader_gives_up_on_odd_markers():
+    from colorize_cli.imageio import _jpeg_header
+
+    data = _jpeg_with_exif(6)
+    broken_ifd = data.replace(b"II*\x00\x08\x00\x00\x00", b"II*\x00\xff\x00\x00\x00")
+    assert _jpeg_header(broken_ifd) is None          # decode_image asks Pillow then
+    assert decode_image(broken_ifd).bgr.shape[:2] == (30, 50)
+    assert _jpeg_header(data[:2] + b"\x00" + data[2:]) is None   # not a marker where one must be
+
+
+def test_jpeg_header_reader_on_real_photos(shared):
+    from colorize_cli.imageio import _exif_orientation, _header_size, _jpeg_header
+
+    paths = sorted((shared / "data" / "lfw-deepfunneled").rglob("*.jpg"))[:200]
+    paths += sorted((shared / "data" / "old_photos").rglob("*.jp*g"))
+    for path in paths:
+        data = path.read_bytes()
+        assert _jpeg_header(data) == (_header_size(data), _exif_orientation(data)), path
+
+
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty"),
     (b"this is text, not a picture", "not an image"),
