@@ -95,7 +95,11 @@ def _reset_gpu_peak(device) -> None:
 
 
 def _gpu_peak_note(device) -> str:
-    return f"; GPU peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB" if device.type == "cuda" else ""
+    # reserved as well as allocated: a CUDA graph's temporaries sit in its pool, reserved but not "allocated"
+    if device.type != "cuda":
+        return ""
+    return (f"; GPU peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB allocated, "
+            f"{torch.cuda.max_memory_reserved(device) / 2**20:.0f} MiB reserved")
 
 
 def _ab_difference(a: np.ndarray, b: np.ndarray) -> str:

@@ -81,9 +81,9 @@ def _resolve_device(spec: str):
               help="where samples are upsampled and merged with the full-resolution L: the model's device, the "
                    "CPU threads, or auto (the device when it is a GPU, for photos up to 2 megapixels)")
 @click.option("--compile", "compile_networks", is_flag=True,
-              help="torch.compile the networks before the run: on an H100 they ran 6,421 img/s against 3,566 "
-                   "eager, after ~20 s of compiling; on a 2-core CPU 5% more steady throughput after 20-80 s, so "
-                   "for long runs (needs a C++ compiler; on CUDA, Triton)")
+              help="torch.compile the networks before the run: on an H100 the model ran 5,448 img/s against 3,637, "
+                   "after ~23 s of compiling (end to end, bound by the CPU side, no faster); on a 2-core CPU 5% "
+                   "more steady throughput after 20-80 s; so for long runs (needs a C++ compiler; on CUDA, Triton)")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="on CUDA, replay the networks from CUDA graphs (same outputs, far fewer launches from Python)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
