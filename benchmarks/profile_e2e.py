@@ -1,6 +1,6 @@
 """Where the time of an end-to-end run goes: the `colorize` command in this process, profiled.
 
-    python benchmarks/profile_e2e.py [--images 1024] [--device cuda] [--out DIR] [-- COLORIZE OPTIONS...]
+    python benchmarks/profile_e2e.py [--images 1024] [--device cuda] [--no-model] [--out DIR] [-- COLORIZE OPTIONS...]
 
 Prints the run's rate, then (1) cProfile of the main thread (the batch loop: wall time per function, waits
 included, so a wait on decoding, on the device or on the writers shows as such) and (2) a sampling of every
@@ -72,15 +72,69 @@ class FrameSampler:
         return "\n".join(lines)
 
 
+class _NoModel:
+    """Stands in for Colorizer with ``--no-model``: predictions ready at once (sheets of grey), so the run
+    measures what the batch loop, the decode and the write threads cost by themselves -- the ceiling of the
+    CUDA path, where the GPU's share is small, on a machine without one."""
+
+    def __init__(self):
+        import torch
+
+        self.device = torch.device("cuda")   # only its type is read: CUDA batch sizes, pipelining, GPU merges
+        self.merges_on_device = True
+        self.components = 8
+        # one read-only array per shape, shared by all predictions: on a GPU they arrive in reused page-locked
+        # buffers, and allocating (and page-faulting) fresh ones here would be a cost the real path does not have
+        self._arrays: dict[tuple, object] = {}
+
+    def _array(self, shape: tuple, fill: int):
+        import numpy as np
+
+        if shape not in self._arrays:
+            self._arrays[shape] = np.full(shape, fill, np.uint8 if fill else np.float32)
+            self._arrays[shape].flags.writeable = False
+        return self._arrays[shape]
+
+    def predict_async(self, l64, l224, samples=8, seeds=None, full=None):
+        from colorize_cli.colorizer import Prediction
+        from colorize_cli.render import sheet_cols, sheet_gap, sheet_shape
+
+        preds = []
+        for i in range(len(l64)):
+            pred = Prediction(self._array((samples, 2, 64, 64), 0), self._array((samples,), 0) + 1 / samples)
+            if full and full[i] is not None:
+                l_full, alpha = full[i]
+                h, w = l_full.shape
+                shape = sheet_shape(h, w, samples, sheet_cols(samples), sheet_gap(h, w))
+                pred.sheet = self._array(shape + (3 if alpha is None else 4,), 128)
+            preds.append(pred)
+
+        class Ready:
+            def result(self):
+                return preds
+
+        return Ready()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=None, help="also save the cProfile stats (main.prof) here")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--no-model", action="store_true",
+                    help="predictions made up at once (grey sheets): the pipeline's own cost, as on a GPU")
     ap.add_argument("colorize_args", nargs="*", help="options for colorize, after --")
     args = ap.parse_args()
     from colorize_cli.cli import main as colorize_main
+
+    if args.no_model:
+        import torch
+
+        from colorize_cli import colorizer, device
+
+        colorizer.Colorizer.load = staticmethod(lambda *a, **k: _NoModel())
+        device.resolve_device = lambda spec: torch.device("cuda")
 
     tmp = Path(tempfile.mkdtemp(prefix="colorize-profile-"))
     try:

@@ -29,5 +29,8 @@ timeout "${BENCH_S:-240}" python3 bench_inference.py --device cuda --images 512 
     2>&1 | tee "$OUT/bench.txt"
 timeout "${PROFILE_S:-90}" python3 profile_e2e.py --device cuda --images "${PROFILE_IMAGES:-4096}" --top 40 \
     -- --format jpg 2>&1 | cut -c1-200 > "$OUT/profile.txt"
+# the same pipeline with the model's predictions made up at once: the CPU side's own ceiling on this machine
+timeout "${PROFILE_S:-90}" python3 profile_e2e.py --no-model --images "${PROFILE_IMAGES:-4096}" --top 40 \
+    -- --format jpg 2>&1 | cut -c1-200 > "$OUT/profile_no_model.txt"
 [ "${VARIANT_PARTS:-}" = none ] || timeout "${VARIANTS_S:-120}" python3 bench_cuda_variants.py --passes 10 --out "$OUT/variants.txt" \
     --parts "${VARIANT_PARTS:-batches,layout,graphs,compile}"
