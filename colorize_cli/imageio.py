@@ -90,6 +90,8 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+#: markers (and fill bytes) read before the JPEG header reader hands a file to Pillow
+MAX_JPEG_MARKERS = 1024
 #: JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...): they carry the image size
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
@@ -102,7 +104,9 @@ def _jpeg_header(data: bytes) -> tuple[tuple[int, int], int] | None:
     ~100 us that the decode threads and the batch loop contend for at a thousand photos a second.
     """
     size, orientation, pos, end = None, 1, 2, len(data)
-    while pos + 4 <= end:
+    for _ in range(MAX_JPEG_MARKERS):
+        if pos + 4 > end:
+            break
         if data[pos] != 0xFF:
             return None
         marker = data[pos + 1]
@@ -126,6 +130,8 @@ def _jpeg_header(data: bytes) -> tuple[tuple[int, int], int] | None:
                 return None
             orientation = found
         pos += 2 + length
+    else:   # a run of fill bytes or bare markers no camera writes: not worth a Python loop under the GIL
+        return None
     return (size, orientation) if size is not None else None
 
 

@@ -85,6 +85,8 @@ def test_jpeg_header_reader_gives_up_on_odd_markers():
     assert _jpeg_header(broken_ifd) is None          # decode_image asks Pillow then
     assert decode_image(broken_ifd).bgr.shape[:2] == (30, 50)
     assert _jpeg_header(data[:2] + b"\x00" + data[2:]) is None   # not a marker where one must be
+    assert _jpeg_header(data[:2] + b"\xff" * 100_000 + data[2:]) is None   # fill bytes without end
+    assert decode_image(data[:2] + b"\xff" * 100 + data[2:]).bgr.shape[:2] == (50, 30)   # a few are fine
 
 
 def test_jpeg_header_reader_on_real_photos(shared):
