@@ -154,7 +154,11 @@ class _Decoded:
     started: float
 
 
-def _decode(item: InputItem) -> _Decoded:
+def _decode(item: InputItem, overwrite: bool = True) -> _Decoded | ItemResult:
+    """Read and prepare one input in a worker thread (or skip it when its outputs exist and not ``overwrite``:
+    the check's file lookups run here, not in the batch loop's thread)."""
+    if not overwrite and _is_done(item):
+        return ItemResult(str(item.path), "skipped", [str(item.sheet)])
     t0 = time.perf_counter()
     try:
         img = read_image(item.path)
@@ -231,11 +235,7 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
 
         def refill() -> None:
             while pending_items and len(decoding) < lookahead:
-                item = pending_items.popleft()
-                if not opts.overwrite and _is_done(item):
-                    decoding.append(_done_future(ItemResult(str(item.path), "skipped", [str(item.sheet)])))
-                else:
-                    decoding.append(pool.submit(_decode, item))
+                decoding.append(pool.submit(_decode, pending_items.popleft(), opts.overwrite))
 
         def drain(limit: int) -> Iterator[ItemResult]:
             # wait while more than ``limit`` writes (or HELD_SHEET_BYTES of sheets) are in flight; pass on
@@ -319,12 +319,6 @@ def _name_io_thread() -> None:
         return
 
 
-def _done_future(value) -> Future:
-    fut: Future = Future()
-    fut.set_result(value)
-    return fut
-
-
 def run_paths(paths: Iterable[str], colorizer_factory: Callable[[], Colorizer], opts: BatchOptions,
               recursive: bool = True) -> tuple[Discovery, Iterator[ItemResult]]:
     """Discover and plan inputs, then return the result stream (the model is loaded only if needed)."""
@@ -332,8 +326,8 @@ def run_paths(paths: Iterable[str], colorizer_factory: Callable[[], Colorizer], 
     plan_outputs(found.items, opts)
 
     def stream() -> Iterator[ItemResult]:
-        todo = [it for it in found.items if opts.overwrite or not _is_done(it)]
-        if not todo:
+        # all done already (a cron rerun): no model to load. all() stops at the first input still to do
+        if not opts.overwrite and all(_is_done(it) for it in found.items):
             for it in found.items:
                 yield ItemResult(str(it.path), "skipped", [str(it.sheet)])
             return
