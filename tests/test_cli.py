@@ -196,3 +196,23 @@ def test_sheets_merged_on_the_device_equal_the_cpu_path(photos, tiny_run, tmp_pa
         assert cpu.shape == dev.shape, rel
         diff = np.abs(cpu.astype(np.int16) - dev)
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, rel
+
+
+def test_skips_decided_in_the_decode_threads_keep_order_and_need_no_model(tmp_path, tiny_run):
+    from colorize_cli.batch import BatchOptions, run_paths
+    from colorize_cli.colorizer import Colorizer
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"p{i}.jpg"), synthetic_photo(np.random.default_rng(i)))
+    assert invoke(tmp_path, "--model", tiny_run, "--samples", "2", "--device", "cpu").exit_code == 0
+
+    def no_model():
+        raise AssertionError("the model was loaded for a folder with nothing to do")
+
+    opts = BatchOptions(samples=2, batch_size=2)
+    _, results = run_paths([str(tmp_path)], no_model, opts)
+    assert [r.status for r in results] == ["skipped"] * 3
+    (tmp_path / "p1.colorized.png").unlink()
+    _, results = run_paths([str(tmp_path)], lambda: Colorizer.load(tiny_run, "cpu"), opts)
+    assert [(Path(r.input).name, r.status) for r in results] == [("p0.jpg", "skipped"), ("p1.jpg", "done"),
+                                                                  ("p2.jpg", "skipped")]
