@@ -292,8 +292,9 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
                         sheet_bytes += got.prep.l_full.size * opts.samples * 4   # BGRA at most
             pending = None
             if batch:
-                l64 = np.stack([d.prep.l64 for d in batch])
-                l224 = np.stack([d.prep.l224 for d in batch])
+                # the model's inputs as lists: Colorizer stacks them straight into its upload buffers
+                l64 = [d.prep.l64 for d in batch]
+                l224 = [d.prep.l224 for d in batch]
                 seeds = [image_seed(opts.seed, d.item.rel.as_posix()) for d in batch]
                 full = [(d.prep.l_full, d.alpha) if merged_here(d) else None for d in batch]
                 pending = colorizer.predict_async(l64, l224, opts.samples, seeds, full)

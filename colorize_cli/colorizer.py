@@ -10,18 +10,21 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 
 from .color import CVAE_SIZE, VGG_SIZE, grey_from_l, normalize_u8
 from .data import model_views
-from .device import autocast, to_device, to_host
+from .device import autocast, to_host, upload
 from .graphs import graph_batch
 from .models import MDN, ConditionEncoder, CVAEConfig, Decoder
 from .render import merge, sheets_on_device
 from .vgg import GreyVGGFeatures
 
+#: B images of one size: a (B, H, W) array or a sequence of B (H, W) arrays
+ImageBatch = Union[np.ndarray, Sequence[np.ndarray]]
 #: the MDN loss's fixed isotropic sigma (distance scale 50 = 1 / (2 * 0.1^2)); used to draw beyond the means
 MIXTURE_SIGMA = 0.1
 
@@ -104,6 +107,12 @@ class Colorizer:
             self._mixture_net = GraphedCall(self._mixture_net, device, key=lambda: self.bf16)
             self._decode_net = GraphedCall(self._decode_net, device, key=lambda: self.bf16)
         self._padded_batch = 0
+        # the per-pixel input mappings as 256-entry tables on the device, looked up there: OpenCV L -> the grey
+        # image VGG sees (B, 224, 224) uint8, and -> the CVAE's normalised grey (B, 64, 64) float32. The batch
+        # goes up as uint8 (the batch loop's thread no longer maps and copies it on the host)
+        levels = np.arange(256, dtype=np.uint8)
+        self._vgg_grey = torch.from_numpy(grey_from_l(levels)).to(device)
+        self._cvae_grey = torch.from_numpy(normalize_u8(levels)).to(device)
 
     @property
     def merges_on_device(self) -> bool:
@@ -139,9 +148,11 @@ class Colorizer:
         return cls(cvae, mdn, vgg, device, bf16, info, compile_backend, cuda_graphs)
 
     @torch.no_grad()
-    def mixture(self, l224: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """L at 224 (B, 224, 224) uint8 -> means (B, K, D), weights (B, K), on the device, float32."""
-        return self._mixture_net(to_device(grey_from_l(l224), self.device))
+    def mixture(self, l224, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """L at 224 ((B, 224, 224) uint8, or B such arrays) -> means (rows, K, D), weights (rows, K), on the
+        device, float32; rows past B (padding, default none) are blank images."""
+        l_device = upload(l224, self.device, rows)
+        return self._mixture_net(self._vgg_grey[l_device.long()])
 
     def _mixture_eager(self, grey: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # grey (B, 224, 224) uint8 on the device
@@ -175,10 +186,11 @@ class Colorizer:
         return z, torch.cat([weights, torch.stack(extra_w).to(weights.device)], 1)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, l64: np.ndarray) -> torch.Tensor:
-        """Latents (B, N, D) + L at 64 (B, 64, 64) uint8 -> ab (B, N, 2, 64, 64) float32 on the device."""
+    def decode(self, z: torch.Tensor, l64) -> torch.Tensor:
+        """Latents (B', N, D) + L at 64 ((B, 64, 64) uint8, or B such arrays; B <= B', the rest blank padding)
+        -> ab (B', N, 2, 64, 64) float32 on the device."""
         b, n, _ = z.shape
-        grey = to_device(normalize_u8(l64), self.device)[:, None]                 # (B, 1, 64, 64)
+        grey = self._cvae_grey[upload(l64, self.device, b).long()][:, None]       # (B', 1, 64, 64)
         ab = self._decode_net(z.to(self.device), grey)
         return (ab[0] if isinstance(ab, tuple) else ab).reshape(b, n, 2, CVAE_SIZE, CVAE_SIZE)
 
@@ -191,16 +203,17 @@ class Colorizer:
             ab = self.cvae.decoder.forward_samples(z, *feats)
         return ab.float()
 
-    def predict(self, l64: np.ndarray, l224: np.ndarray, samples: int = 8, seeds: list[int] | None = None,
+    def predict(self, l64: ImageBatch, l224: ImageBatch, samples: int = 8, seeds: list[int] | None = None,
                 full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> list[Prediction]:
-        """A batch of L images at model size -> N samples each, most probable first.
+        """A batch of L images at model size ((B, 64, 64) and (B, 224, 224) uint8, or lists of B arrays)
+        -> N samples each, most probable first.
 
         ``full``: per image, (L (H, W) uint8 at full resolution, alpha (H, W) or None) to get its whole
         sheet merged here on the model's device (``Prediction.sheet``), or None to leave merging to the caller.
         """
         return self.predict_async(l64, l224, samples, seeds, full).result()
 
-    def predict_async(self, l64: np.ndarray, l224: np.ndarray, samples: int = 8, seeds: list[int] | None = None,
+    def predict_async(self, l64: ImageBatch, l224: ImageBatch, samples: int = 8, seeds: list[int] | None = None,
                       full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> "PendingPredictions":
         """``predict``, queued: on a GPU it returns once the batch's work is queued, so the caller can prepare
         the next batch (or write the last one) meanwhile; ``.result()`` waits for it."""
@@ -211,10 +224,9 @@ class Colorizer:
             # takes ~20 s), the largest batch so far; graphs (a capture takes ~1 s): the next power of two
             # unless that is larger
             self._padded_batch = max(self._padded_batch, count)
-            size = self._padded_batch if self.compile_backend else min(graph_batch(count), self._padded_batch)
-            l64, l224 = _pad_batch(l64, size), _pad_batch(l224, size)
-            seeds += [0] * (size - count)
-        means, weights = self.mixture(l224)
+            rows = self._padded_batch if self.compile_backend else min(graph_batch(count), self._padded_batch)
+            seeds += [0] * (rows - count)
+        means, weights = self.mixture(l224, len(seeds))
         # the seeds matter only for draws beyond the K means (a generator per image is not free in this loop)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds] if samples > self.components else []
         z, w = self.choose_latents(means, weights, samples, generators)
@@ -237,13 +249,6 @@ class Colorizer:
         prep = prepare(bgr)
         pred = self.predict(prep.l64[None], prep.l224[None], samples, [seed])[0]
         return [merge(prep.l_full, ab) for ab in pred.ab], pred.weights
-
-
-def _pad_batch(x: np.ndarray, size: int) -> np.ndarray:
-    """(B, ...) -> (size, ...) with zeros after the B rows (B <= size)."""
-    if len(x) == size:
-        return x
-    return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)])
 
 
 class PendingPredictions:

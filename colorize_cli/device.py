@@ -43,16 +43,27 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on ``device``, without waiting for the device's queued work.
+def upload(arrays, device: torch.device, rows: int | None = None) -> torch.Tensor:
+    """Images of one shape and dtype (a (B, ...) array, or B arrays) -> a (rows, ...) tensor on ``device``;
+    rows past B are zeros (padding).
 
-    To a GPU the array goes through page-locked memory (torch's caching host allocator): a copy from pageable
-    memory would first wait for everything queued on the stream, and so could not overlap a running batch.
+    For a GPU they are stacked straight into page-locked memory (torch's caching host allocator), one host
+    copy, and go up without waiting for the device's queued work: a copy from pageable memory would first wait
+    for everything queued on the stream, and so could not overlap a running batch.
     """
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type != "cuda":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
+    count = len(arrays)
+    rows = count if rows is None else rows
+    sample = arrays[0] if count else np.asarray(arrays)[:0]
+    shape = np.shape(sample) if count else np.shape(arrays)[1:]
+    dtype = torch.from_numpy(np.empty(0, np.asarray(sample).dtype)).dtype
+    host = torch.empty((rows,) + tuple(shape), dtype=dtype, pin_memory=device.type == "cuda")
+    view = host.numpy()
+    if isinstance(arrays, np.ndarray):
+        view[:count] = arrays
+    elif count:
+        np.stack(arrays, out=view[:count])
+    view[count:] = 0
+    return host.to(device, non_blocking=True) if device.type == "cuda" else host
 
 
 def to_host(x: torch.Tensor) -> torch.Tensor:

@@ -129,7 +129,7 @@ def sheets_on_device(l_fulls: list[np.ndarray], alphas: list[np.ndarray | None],
     import torch
     import torch.nn.functional as F
 
-    from .device import to_device, to_host
+    from .device import to_host, upload
 
     n = ab.shape[1]
     groups: dict[tuple, list[int]] = {}
@@ -140,11 +140,11 @@ def sheets_on_device(l_fulls: list[np.ndarray], alphas: list[np.ndarray | None],
         step = max(1, DEVICE_MERGE_PIXELS // (n * h * w))
         for start in range(0, len(members), step):
             chunk = members[start:start + step]
-            light = to_device(np.stack([l_fulls[i] for i in chunk]), ab.device)[:, None]   # (b, 1, H, W)
+            light = upload([l_fulls[i] for i in chunk], ab.device)[:, None]   # (b, 1, H, W)
             up = F.interpolate(ab[chunk].flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
             tiles = l_ab_to_bgr_torch(light, up.view(len(chunk), n, 2, h, w))   # (b, N, H, W, 3)
             if has_alpha:
-                alpha = to_device(np.stack([alphas[i] for i in chunk]), ab.device)
+                alpha = upload([alphas[i] for i in chunk], ab.device)
                 tiles = torch.cat([tiles, alpha[:, None, :, :, None].expand(-1, n, -1, -1, -1)], -1)
             host = to_host(_tile_torch(tiles, sheet_cols(n), sheet_gap(h, w)))
             for j, i in enumerate(chunk):

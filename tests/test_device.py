@@ -52,6 +52,41 @@ def test_cuda_matches_cpu(tiny_run):
         np.testing.assert_allclose(a.weights, b.weights, atol=1e-3)
 
 
+def test_upload_stacks_pads_and_keeps_dtype():
+    from colorize_cli.device import upload
+
+    rng = np.random.default_rng(0)
+    cpu = torch.device("cpu")
+    images = [rng.integers(0, 256, (5, 7), dtype=np.uint8) for _ in range(3)]
+    padded = upload(images, cpu, 5)
+    assert padded.dtype == torch.uint8 and tuple(padded.shape) == (5, 5, 7)
+    np.testing.assert_array_equal(padded[:3].numpy(), np.stack(images))
+    assert not padded[3:].any()
+    np.testing.assert_array_equal(upload(np.stack(images), cpu).numpy(), np.stack(images))
+    floats = [rng.random((2, 3), dtype=np.float32) for _ in range(2)]
+    assert upload(floats, cpu).dtype == torch.float32
+
+
+def test_inputs_looked_up_on_the_device_equal_the_host_mappings(tiny_run):
+    # the batch goes up as uint8 and is mapped by 256-entry tables there: bit for bit the host's mappings
+    from colorize_cli.color import grey_from_l, normalize_u8
+
+    rng = np.random.default_rng(1)
+    l64 = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    l224 = rng.integers(0, 256, (3, 224, 224), dtype=np.uint8)
+    colorizer = Colorizer.load(tiny_run, "cpu")
+    with torch.no_grad():
+        means, weights = colorizer.mixture(list(l224), rows=4)
+        want_means, want_weights = colorizer._mixture_eager(torch.from_numpy(grey_from_l(l224)))
+        assert torch.equal(means[:3], want_means) and torch.equal(weights[:3], want_weights)
+        blank_means, _ = colorizer._mixture_eager(torch.from_numpy(grey_from_l(np.zeros((1, 224, 224), np.uint8))))
+        torch.testing.assert_close(means[3:], blank_means, atol=1e-5, rtol=0)   # a batch of 1: other kernels
+        z = means[:3, :4]
+        ab = colorizer.decode(z, list(l64))
+        want_ab = colorizer._decode_eager(z, torch.from_numpy(normalize_u8(l64))[:, None])
+        assert torch.equal(ab, want_ab.reshape(ab.shape))
+
+
 def test_cuda_graphs_need_cuda(tiny_run):
     from colorize_cli.graphs import graph_batch
 
