@@ -76,12 +76,14 @@ def test_inputs_looked_up_on_the_device_equal_the_host_mappings(tiny_run):
     l224 = rng.integers(0, 256, (3, 224, 224), dtype=np.uint8)
     colorizer = Colorizer.load(tiny_run, "cpu")
     with torch.no_grad():
-        means, weights = colorizer.mixture(list(l224), rows=4)
+        means, weights = colorizer.mixture(list(l224))
         want_means, want_weights = colorizer._mixture_eager(torch.from_numpy(grey_from_l(l224)))
-        assert torch.equal(means[:3], want_means) and torch.equal(weights[:3], want_weights)
-        blank_means, _ = colorizer._mixture_eager(torch.from_numpy(grey_from_l(np.zeros((1, 224, 224), np.uint8))))
-        torch.testing.assert_close(means[3:], blank_means, atol=1e-5, rtol=0)   # a batch of 1: other kernels
-        z = means[:3, :4]
+        assert torch.equal(means, want_means) and torch.equal(weights, want_weights)
+        # padding rows are blank images (compared at the same batch size: other sizes may get other kernels)
+        padded, _ = colorizer.mixture(l224, rows=4)
+        with_blank = np.concatenate([l224, np.zeros((1, 224, 224), np.uint8)])
+        assert torch.equal(padded, colorizer._mixture_eager(torch.from_numpy(grey_from_l(with_blank)))[0])
+        z = means[:, :4]
         ab = colorizer.decode(z, list(l64))
         want_ab = colorizer._decode_eager(z, torch.from_numpy(normalize_u8(l64))[:, None])
         assert torch.equal(ab, want_ab.reshape(ab.shape))
