@@ -148,7 +148,7 @@ class Colorizer:
         return cls(cvae, mdn, vgg, device, bf16, info, compile_backend, cuda_graphs)
 
     @torch.no_grad()
-    def mixture(self, l224, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def mixture(self, l224: ImageBatch, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """L at 224 ((B, 224, 224) uint8, or B such arrays) -> means (rows, K, D), weights (rows, K), on the
         device, float32; rows past B (padding, default none) are blank images."""
         l_device = upload(l224, self.device, rows)
@@ -186,7 +186,7 @@ class Colorizer:
         return z, torch.cat([weights, torch.stack(extra_w).to(weights.device)], 1)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, l64) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, l64: ImageBatch) -> torch.Tensor:
         """Latents (B', N, D) + L at 64 ((B, 64, 64) uint8, or B such arrays; B <= B', the rest blank padding)
         -> ab (B', N, 2, 64, 64) float32 on the device."""
         b, n, _ = z.shape

@@ -51,11 +51,15 @@ def upload(arrays, device: torch.device, rows: int | None = None) -> torch.Tenso
     copy, and go up without waiting for the device's queued work: a copy from pageable memory would first wait
     for everything queued on the stream, and so could not overlap a running batch.
     """
+    if isinstance(arrays, np.ndarray):
+        shape, np_dtype = arrays.shape[1:], arrays.dtype
+    elif arrays:
+        shape, np_dtype = np.shape(arrays[0]), np.asarray(arrays[0]).dtype
+    else:
+        raise ValueError("upload needs at least one image (or a (0, ...) array)")
     count = len(arrays)
     rows = count if rows is None else rows
-    sample = arrays[0] if count else np.asarray(arrays)[:0]
-    shape = np.shape(sample) if count else np.shape(arrays)[1:]
-    dtype = torch.from_numpy(np.empty(0, np.asarray(sample).dtype)).dtype
+    dtype = torch.from_numpy(np.empty(0, np_dtype)).dtype   # numpy's dtype -> torch's
     host = torch.empty((rows,) + tuple(shape), dtype=dtype, pin_memory=device.type == "cuda")
     view = host.numpy()
     if isinstance(arrays, np.ndarray):
