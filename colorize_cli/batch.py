@@ -178,7 +178,7 @@ def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, o
         # streamed: a sheet of a 50-megapixel scan is never whole in memory
         write_png_streaming(path, height, width, 3 if alpha is None else 4, parts, png_level(opts.quality))
     else:
-        write_atomic(path, encode_image(np.concatenate(list(parts)), opts.fmt, opts.quality))
+        _save_whole(path, np.concatenate(list(parts)), opts)
 
 
 def _save_whole(path: Path, img: np.ndarray, opts: BatchOptions) -> None:

@@ -119,7 +119,7 @@ def grey_from_l(l_u8: np.ndarray) -> np.ndarray:
     if l_u8.size == 0:
         return l_u8.copy()
     # cv2.LUT on a 2-D view: several times faster than numpy's gather on a batch (4-13 vs 25 ms for
-    # 128 x 224 x 224) and it releases the GIL, which the batch loop shares with the I/O threads
+    # 128 x 224 x 224), for training's VGG feature cache; inference looks this table up on the model's device
     rows = l_u8.reshape(-1, l_u8.shape[-1]) if l_u8.ndim >= 2 else l_u8.reshape(1, -1)
     return cv2.LUT(rows, _grey_lut()).reshape(l_u8.shape)
 
