@@ -2,7 +2,7 @@
 
     python benchmarks/bench_inference.py [--device cpu|cuda] [--images 64] [--e2e-images 512] [--repeat 3]
                                          [--passes 1] [--batch-size N] [--workers N] [--model PATH] [--scans]
-                                         [--compile]
+                                         [--compile] [--int8]
 
 Rows (all with 8 samples per image):
   (a) seed-style reference: the tutorial's inference loop, fp32 -- VGG + MDN per batch of 32, then per image
@@ -236,6 +236,8 @@ def main() -> None:
     ap.add_argument("--scans", action="store_true", help="also time a folder of 2-12 megapixel scans")
     ap.add_argument("--skip-seed", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time the networks under torch.compile (--compile)")
+    ap.add_argument("--int8", action="store_true",
+                    help="CPU: also time --int8 (VGG + MDN in int8; needs the model's int8.json)")
     ap.add_argument("--cuda-rows", default="--no-cuda-graphs,--merge cpu,--workers 8",
                     help="on CUDA, end-to-end rows with these options against the defaults (comma-separated)")
     args = ap.parse_args()
@@ -294,6 +296,12 @@ def main() -> None:
                 del compiled
             except RuntimeError as err:   # a compiler that fails here is a finding, not the end of the table
                 print(f"  --compile failed: {str(err).strip().splitlines()[0][:300]}", flush=True)
+        if args.int8:
+            quantized = Colorizer.load(args.model, device, int8=True)
+            rate, int8_ab = model_only(quantized, l64, l224, device, True, args.batch_size, passes)
+            show(("(b) colorize model-only, --int8", f"{setting}, int8 + bf16, batch {args.batch_size}", rate,
+                  f"VGG + MDN int8, decoder bf16; |int8-fp32| ab: {_ab_difference(int8_ab, fp32_ab)}"))
+            del quantized
         use_bf16 = device.type == "cuda" or cpu_has_fast_bf16()
         mode = "bf16" if use_bf16 else "fp32"
         e2e_count = len(lfw_images(args.e2e_images, tmp / "lfw-e2e"))
@@ -310,6 +318,10 @@ def main() -> None:
         if args.compile:
             jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --compile"] = (
                 tmp / "lfw-e2e", e2e_count, batch + ["--format", "jpg", "--compile"])
+        if args.int8:
+            for fmt in ("png", "jpg"):
+                jobs[f"{e2e_count} LFW jpgs -> {fmt} sheets, --int8"] = (
+                    tmp / "lfw-e2e", e2e_count, batch + ["--format", fmt, "--int8"])
         if args.scans:
             jobs["4 scans 2-12 MP -> png sheets"] = (tmp / "scans", len(_scan_images(tmp / "scans")), [])
         runs: dict[str, list[EndToEnd]] = {name: [] for name in jobs}

@@ -264,10 +264,11 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
             return device_sheets and dec.prep.l_full.size <= DEVICE_SHEET_MAX_PIXELS
 
         refill()
-        # on a GPU one batch in flight: batch k+1 is queued on the device before batch k's results are
-        # collected and handed to the writers, so the GPU computes while this thread assembles and dispatches
-        # (on the CPU the model runs in this thread anyway: its batches go to the writers at once)
-        pipelined = colorizer.device.type == "cuda"
+        # one batch in flight: batch k+1 is queued (on the GPU, or in a CPU stream's thread) before batch k's
+        # results are collected and handed to the writers, so the model computes while this thread assembles
+        # and dispatches (with a single CPU stream the model runs in this thread: its batches go to the
+        # writers at once)
+        pipelined = colorizer.runs_concurrently
         in_flight = None
         while decoding:
             batch: list[_Decoded] = []

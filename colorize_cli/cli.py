@@ -86,11 +86,19 @@ def _resolve_device(spec: str):
                    "more steady throughput after 20-80 s; so for long runs (needs a C++ compiler; on CUDA, Triton)")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="on CUDA, replay the networks from CUDA graphs (same outputs, far fewer launches from Python)")
+@click.option("--int8", is_flag=True,
+              help="CPU only: VGG and the MDN as int8 convolutions (oneDNN; on an AMX CPU ~2x faster than bf16 "
+                   "there, outputs within the tolerance measured in the README); needs the model's int8.json "
+                   "(`colorize calibrate`; the bundled model has one)")
+@click.option("--cpu-streams", type=click.IntRange(1), default=None,
+              help="CPU: model batches run at once, each on its share of the cores (default: 2 with 2+ cores, "
+                   "1 with --compile)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
 @click.option("--quiet", "-q", is_flag=True, help="only errors on stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch_size, seed, overwrite,
-            recursive, bf16, workers, merge_on, compile_networks, cuda_graphs, as_json, quiet, debug):
+            recursive, bf16, workers, merge_on, compile_networks, cuda_graphs, int8, cpu_streams, as_json, quiet,
+            debug):
     """Colorize photos: files and folders (walked recursively); ``-`` reads paths from stdin.
 
     Writes PHOTO.colorized.png (a sheet of the samples, most probable first) beside each input, or under
@@ -110,7 +118,8 @@ def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch
     code = run_batch_command(expanded, samples=samples, model=model, output=output, separate=separate, fmt=fmt,
                              quality=quality, device_spec=device, batch_size=batch_size, seed=seed,
                              overwrite=overwrite, recursive=recursive, bf16=bf16, workers=workers, merge_on=merge_on,
-                             compile_networks=compile_networks, cuda_graphs=cuda_graphs,
+                             compile_networks=compile_networks, cuda_graphs=cuda_graphs, int8=int8,
+                             cpu_streams=cpu_streams,
                              as_json=as_json, quiet=quiet, debug=debug)
     sys.exit(code)
 
@@ -276,12 +285,13 @@ def _run_training(job) -> None:
 @click.option("--limit", type=click.IntRange(1), default=None, help="only the first N images")
 @_device_option
 @click.option("--bf16/--no-bf16", default=None, help="bf16 autocast (default: as for colorizing)")
+@click.option("--int8", is_flag=True, help="VGG and the MDN in int8 on the CPU, as for colorizing")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write a tiled sheet of the first test images here (samples | grey | truth)")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON on stdout")
-def evaluate_cmd(data, list_file, model, samples, limit, device, bf16, batch_size, seed, sheet, as_json):
+def evaluate_cmd(data, list_file, model, samples, limit, device, bf16, int8, batch_size, seed, sheet, as_json):
     """Metrics on held-out colour photos: error-of-best, diversity, PSNR, colourfulness, with baselines."""
     import json
 
@@ -290,7 +300,7 @@ def evaluate_cmd(data, list_file, model, samples, limit, device, bf16, batch_siz
 
     dev = _resolve_device(device)
     try:
-        colorizer = Colorizer.load(model, dev, _bf16_default(bf16, dev))
+        colorizer = Colorizer.load(model, dev, _bf16_default(bf16, dev), int8=int8)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         click.echo(f"colorize: error: {err}", err=True)
         sys.exit(2)
@@ -334,6 +344,57 @@ def _print_evaluation(result) -> None:
     if not console.is_terminal:
         console = Console(width=150)
     console.print(table)
+
+
+@main.command("calibrate")
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False),
+              help="file of image paths relative to DATA (default: walk DATA)")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="the model folder (a training run or a bundle) to calibrate; default: the bundled model")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="where to write the calibration (default: MODEL/int8.json, where --int8 looks for it)")
+@click.option("--images", type=click.IntRange(1), default=256, show_default=True,
+              help="photos to measure, drawn evenly from the list")
+@click.option("--percentile", type=click.FloatRange(90, 100), default=None,
+              help="each layer's range: this percentile of its activations per batch, averaged (default 100: "
+                   "the largest)")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
+    """Measure the activation ranges that --int8 needs, on photos like the ones to colorize (CPU, fp32)."""
+    from .bundle import default_bundle_path
+    from .colorizer import Colorizer
+    from .evaluate import evaluation_list
+    from .int8 import DEFAULT_PERCENTILE, calibrate_photos, calibration_path
+
+    try:
+        colorizer = Colorizer.load(model, "cpu", bf16=False)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        click.echo(f"colorize: error: {err}", err=True)
+        sys.exit(2)
+    rel = evaluation_list(data, list_file, None)
+    if not rel:
+        click.echo(f"colorize: error: no images under {data}", err=True)
+        sys.exit(2)
+    # evenly spread over the list (a list sorted by person or date would otherwise give one kind of photo)
+    picked = [rel[i * len(rel) // min(images, len(rel))] for i in range(min(images, len(rel)))]
+    reporter = _RichReporter()
+    bar = reporter.progress(len(picked), "calibrating")
+    calibration, skipped = calibrate_photos(colorizer.vgg, colorizer.mdn, [data / r for r in picked], batch_size,
+                                            percentile or DEFAULT_PERCENTILE, progress=bar.advance)
+    bar.close()
+    for line in skipped:
+        click.echo(f"colorize: skipped {line}", err=True)
+    if calibration is None:
+        click.echo("colorize: error: no readable photos to calibrate on", err=True)
+        sys.exit(1)
+    target = out or calibration_path(model or default_bundle_path())
+    try:
+        calibration.save(target)
+    except OSError as err:
+        click.echo(f"colorize: error: cannot write {target}: {err}", err=True)
+        sys.exit(1)
+    reporter.log(f"wrote {target} ({calibration.images} photos)")
 
 
 @main.command("export")

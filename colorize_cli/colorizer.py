@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 import time
 import zlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from .graphs import graph_batch
 from .models import MDN, ConditionEncoder, CVAEConfig, Decoder
 from .render import merge, sheets_on_device
 from .vgg import GreyVGGFeatures
+
+if TYPE_CHECKING:
+    from .int8 import Int8Calibration
 
 #: B images of one size: a (B, H, W) array or a sequence of B (H, W) arrays
 ImageBatch = Union[np.ndarray, Sequence[np.ndarray]]
@@ -74,9 +78,11 @@ class Colorizer:
 
     def __init__(self, cvae: InferenceCVAE, mdn: MDN, vgg: GreyVGGFeatures, device: torch.device,
                  bf16: bool = False, info: dict | None = None, compile_backend: str | None = None,
-                 cuda_graphs: bool | None = None):
+                 cuda_graphs: bool | None = None, int8: "Int8Calibration | None" = None,
+                 cpu_streams: int | None = None):
         self.device = device
         self.bf16 = bf16
+        self.int8 = int8 is not None
         # channels_last: oneDNN's fast convolution layout (the decoder measured 25 -> 11.5 ms per image for 8
         # samples in bf16 on this project's 2-core AMX CPU); the same numbers up to float rounding
         self.cvae = cvae.to(device, memory_format=torch.channels_last).eval()
@@ -93,8 +99,18 @@ class Colorizer:
         # per input shape, so batches are padded to the largest batch seen (a short last batch costs no compile)
         self.compile_backend = compile_backend
         self._mixture_net, self._decode_net = self._mixture_eager, self._decode_eager
+        if int8 is not None:
+            # VGG + MDN as oneDNN int8 convolutions (int8.py); the CVAE decoder stays as it is (bf16 or fp32)
+            from .int8 import Int8Error, Int8Mixture, int8_supported
+
+            if device.type != "cpu":
+                raise Int8Error("int8 inference is for CPUs (oneDNN); on a GPU use bf16 (the default there)")
+            if not int8_supported():
+                raise Int8Error("this torch build has no oneDNN int8 convolutions (torch.ops.onednn.qconv2d_pointwise)")
+            self._mixture_net = Int8Mixture(self.vgg, self.mdn, int8)
         if compile_backend:
-            self._mixture_net = torch.compile(self._mixture_eager, backend=compile_backend, dynamic=False)
+            if int8 is None:
+                self._mixture_net = torch.compile(self._mixture_eager, backend=compile_backend, dynamic=False)
             self._decode_net = torch.compile(self._decode_eager, backend=compile_backend, dynamic=False)
         # CUDA graphs (default on a GPU, see graphs.py): the networks' launches replayed in one call per batch;
         # batches padded to a few sizes, each captured once
@@ -107,6 +123,22 @@ class Colorizer:
             self._mixture_net = GraphedCall(self._mixture_net, device, key=lambda: self.bf16)
             self._decode_net = GraphedCall(self._decode_net, device, key=lambda: self.bf16)
         self._padded_batch = 0
+        # CPU streams: batches run in this many threads at once, each on its share of the cores (a pipelined
+        # caller keeps two batches queued). One batch on both cores waits at every layer for the slower thread,
+        # and the decode and write threads preempt one or the other; two single-threaded batches do not wait on
+        # each other: end to end on this project's 2-core CPU, jpg sheets, 6 paired runs: +12-17% with --int8,
+        # +13-30% in bf16 (README, Speed)
+        cores = torch.get_num_threads()
+        if cpu_streams is None:
+            cpu_streams = 2 if device.type == "cpu" and cores >= 2 and not compile_backend else 1
+        self.cpu_streams = cpu_streams if device.type == "cpu" else 1
+        self._cpu_pool = None
+        if self.cpu_streams > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            per_stream = max(1, cores // self.cpu_streams)
+            self._cpu_pool = ThreadPoolExecutor(self.cpu_streams, thread_name_prefix="colorize-model",
+                                                initializer=torch.set_num_threads, initargs=(per_stream,))
         # the per-pixel input mappings as 256-entry tables on the device, looked up there: OpenCV L -> the grey
         # image VGG sees (B, 224, 224) uint8, and -> the CVAE's normalised grey (B, 64, 64) float32. The batch
         # goes up as uint8 (the batch loop's thread no longer maps and copies it on the host)
@@ -129,9 +161,12 @@ class Colorizer:
 
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-             bf16: bool = False, compile_backend: str | None = None, cuda_graphs: bool | None = None
-             ) -> "Colorizer":
-        """From a training run folder (vae.pt + mdn.pt), a bundle file, or the bundled default."""
+             bf16: bool = False, compile_backend: str | None = None, cuda_graphs: bool | None = None,
+             int8: bool = False, cpu_streams: int | None = None) -> "Colorizer":
+        """From a training run folder (vae.pt + mdn.pt), a bundle file, or the bundled default.
+
+        ``int8``: VGG + MDN in int8 on the CPU, with the activation ranges in the model folder's int8.json
+        (``colorize calibrate``)."""
         from .bundle import default_bundle_path, load_run
 
         device = torch.device(device)
@@ -144,8 +179,16 @@ class Colorizer:
             raise ModelNotFoundError(f"model not found: {path}")
         if not path.is_dir():
             raise ModelNotFoundError(f"--model must be a folder (a training run or a bundle): {path}")
+        calibration = None
+        if int8:
+            from .int8 import Int8Calibration, Int8Error, calibration_path
+
+            if not calibration_path(path).is_file():
+                raise Int8Error(f"no int8 calibration for the model in {path} (no {calibration_path(path).name}): "
+                                f"make one with `colorize calibrate PHOTOS --model {path}`")
+            calibration = Int8Calibration.load(calibration_path(path))
         cvae, mdn, vgg, info = load_run(path)
-        return cls(cvae, mdn, vgg, device, bf16, info, compile_backend, cuda_graphs)
+        return cls(cvae, mdn, vgg, device, bf16, info, compile_backend, cuda_graphs, calibration, cpu_streams)
 
     @torch.no_grad()
     def mixture(self, l224: ImageBatch, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,12 +254,24 @@ class Colorizer:
         ``full``: per image, (L (H, W) uint8 at full resolution, alpha (H, W) or None) to get its whole
         sheet merged here on the model's device (``Prediction.sheet``), or None to leave merging to the caller.
         """
-        return self.predict_async(l64, l224, samples, seeds, full).result()
+        return self._predict_here(l64, l224, samples, seeds, full).result()   # here, on all the threads
 
     def predict_async(self, l64: ImageBatch, l224: ImageBatch, samples: int = 8, seeds: list[int] | None = None,
                       full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> "PendingPredictions":
-        """``predict``, queued: on a GPU it returns once the batch's work is queued, so the caller can prepare
-        the next batch (or write the last one) meanwhile; ``.result()`` waits for it."""
+        """``predict``, queued: on a GPU it returns once the batch's work is queued, with CPU streams once it
+        is handed to a stream's thread, so the caller can prepare the next batch (or write the last one)
+        meanwhile; ``.result()`` waits for it."""
+        if self._cpu_pool is not None:
+            return QueuedPredictions(self._cpu_pool.submit(self._predict_here, l64, l224, samples, seeds, full))
+        return self._predict_here(l64, l224, samples, seeds, full)
+
+    @property
+    def runs_concurrently(self) -> bool:
+        """Whether predict_async returns before the batch is done (a GPU, or CPU streams)."""
+        return self.device.type == "cuda" or self._cpu_pool is not None
+
+    def _predict_here(self, l64: ImageBatch, l224: ImageBatch, samples: int, seeds: list[int] | None,
+                      full: list | None) -> "PendingPredictions":
         count = len(l64)
         seeds = list(seeds) if seeds is not None else [0] * count
         if self.compile_backend or self.cuda_graphs:
@@ -249,6 +304,16 @@ class Colorizer:
         prep = prepare(bgr)
         pred = self.predict(prep.l64[None], prep.l224[None], samples, [seed])[0]
         return [merge(prep.l_full, ab) for ab in pred.ab], pred.weights
+
+
+class QueuedPredictions:
+    """A batch's predictions being computed in a CPU stream's thread."""
+
+    def __init__(self, future: "Future[PendingPredictions]"):
+        self._future = future
+
+    def result(self) -> list[Prediction]:
+        return self._future.result().result()
 
 
 class PendingPredictions:

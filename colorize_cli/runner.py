@@ -23,7 +23,7 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
                       fmt: str, quality: int | None, device_spec: str, batch_size: int | None, seed: int,
                       overwrite: bool, recursive: bool, bf16: bool | None, workers: int | None, as_json: bool,
                       merge_on: str = "auto", compile_networks: bool = False, cuda_graphs: bool = True,
-                      quiet: bool, debug: bool) -> int:
+                      int8: bool = False, cpu_streams: int | None = None, quiet: bool, debug: bool) -> int:
     from .batch import BatchOptions, run_paths
 
     opts = BatchOptions(samples=samples, output_dir=output, separate=separate, fmt=fmt, quality=quality,
@@ -43,7 +43,7 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
         use_bf16 = bf16 if bf16 is not None else (device.type == "cuda" or cpu_has_fast_bf16())
         try:
             colorizer = Colorizer.load(model, device, use_bf16, COMPILE_BACKEND if compile_networks else None,
-                                       cuda_graphs and device.type == "cuda")
+                                       cuda_graphs and device.type == "cuda", int8, cpu_streams)
         except (FileNotFoundError, RuntimeError, ValueError) as err:
             if debug:
                 traceback.print_exc()

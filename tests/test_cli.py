@@ -216,3 +216,31 @@ def test_skips_decided_in_the_decode_threads_keep_order_and_need_no_model(tmp_pa
     _, results = run_paths([str(tmp_path)], lambda: Colorizer.load(tiny_run, "cpu"), opts)
     assert [(Path(r.input).name, r.status) for r in results] == [("p0.jpg", "skipped"), ("p1.jpg", "done"),
                                                                   ("p2.jpg", "skipped")]
+
+
+def test_cpu_streams_keep_order_and_outputs(tmp_path, tiny_run):
+    # two batches at once in two single-threaded streams: results in input order, the same pictures as one
+    # stream on all the threads (float sums may differ in order: a level at most)
+    from colorize_cli.batch import BatchOptions, colorize_items, discover, plan_outputs
+    from colorize_cli.colorizer import Colorizer
+
+    rng = np.random.default_rng(5)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(7):
+        cv2.imwrite(str(photos / f"p{i}.png"), synthetic_photo(rng, 60 + 4 * i, 70))
+    (photos / "p3.png").write_bytes(b"broken")
+    images = {}
+    for streams in (1, 2):
+        colorizer = Colorizer.load(tiny_run, "cpu", bf16=False, cpu_streams=streams)
+        assert colorizer.runs_concurrently == (streams == 2)
+        opts = BatchOptions(samples=3, output_dir=tmp_path / f"s{streams}", batch_size=2)
+        found = discover([str(photos)])
+        plan_outputs(found.items, opts)
+        results = list(colorize_items(found.items, colorizer, opts))
+        assert [Path(r.input).name for r in results] == [f"p{i}.png" for i in range(7)]
+        assert [r.status for r in results] == ["done"] * 3 + ["failed"] + ["done"] * 3
+        images[streams] = {p.name: cv2.imread(str(p)) for p in opts.output_dir.glob("*.png")}
+    assert images[1].keys() == images[2].keys() and len(images[1]) == 6
+    for name, img in images[1].items():
+        assert np.abs(img.astype(np.int16) - images[2][name]).max() <= 1, name

@@ -1,0 +1,138 @@
+"""int8 VGG + MDN (opt-in --int8): the pooling, the calibration file, closeness to fp32, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from colorize_cli.bundle import default_bundle_path
+from colorize_cli.cli import main
+from colorize_cli.colorizer import Colorizer
+from colorize_cli.int8 import (CALIBRATION_FILE, Int8Calibration, Int8Error, Int8Mixture, _pool_u8,
+                               calibrate_photos, conv_chain, fold_batchnorm, int8_supported)
+from conftest import LFW_SPLITS, SHARED, require
+
+pytestmark = pytest.mark.skipif(not int8_supported(), reason="no oneDNN int8 convolutions in this torch")
+
+
+def test_pool_matches_max_pool():
+    x = torch.randint(0, 256, (3, 5, 8, 6), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    pooled = _pool_u8(x)
+    assert pooled.shape == (3, 5, 4, 3)
+    assert torch.equal(pooled, F.max_pool2d(x.float(), 2).to(torch.uint8))
+
+
+def test_fold_batchnorm_is_exact_in_eval():
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(4, 6, 5, padding=2), torch.nn.BatchNorm2d(6).eval()
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-1, 1)
+    x = torch.randn(2, 4, 9, 9)
+    w, b = fold_batchnorm(conv, bn)
+    torch.testing.assert_close(F.conv2d(x, w, b, padding=2), bn(conv(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_calibration_file_round_trip_and_errors(tmp_path):
+    cal = Int8Calibration((1.5, 2.0, 300.0), 99.9, 12)
+    path = cal.save(tmp_path / CALIBRATION_FILE)
+    assert Int8Calibration.load(path) == cal
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(Int8Error, match="bad.json"):
+        Int8Calibration.load(tmp_path / "bad.json")
+    (tmp_path / "neg.json").write_text(json.dumps({**cal.to_json(), "ranges": [1.0, -2.0]}))
+    with pytest.raises(Int8Error, match="positive"):
+        Int8Calibration.load(tmp_path / "neg.json")
+    (tmp_path / "other.json").write_text(json.dumps({"ranges": [1.0]}))
+    with pytest.raises(Int8Error, match="not an int8 calibration"):
+        Int8Calibration.load(tmp_path / "other.json")
+
+
+def _mixtures(colorizer: Colorizer, calibration: Int8Calibration, l224: np.ndarray):
+    grey = colorizer._vgg_grey[torch.from_numpy(l224).long()]
+    exact = colorizer._mixture_eager(grey)
+    return exact, Int8Mixture(colorizer.vgg, colorizer.mdn, calibration)(grey)
+
+
+def test_int8_close_to_fp32_on_a_trained_run(tiny_run, synthetic_dataset):
+    colorizer = Colorizer.load(tiny_run, "cpu", bf16=False)
+    paths = sorted(synthetic_dataset.rglob("*.jpg"))
+    calibration, skipped = calibrate_photos(colorizer.vgg, colorizer.mdn, paths, batch_size=8)
+    assert not skipped and calibration.images == len(paths)
+    assert len(calibration.ranges) == sum(1 for s in conv_chain(colorizer.vgg, colorizer.mdn) if s != "pool") == 17
+    from colorize_cli.colorizer import prepare
+    import cv2
+
+    l224 = np.stack([prepare(cv2.imread(str(p))).l224 for p in paths[:6]])
+    (means, weights), (means8, weights8) = _mixtures(colorizer, calibration, l224)
+    assert means8.shape == means.shape and weights8.shape == weights.shape
+    # within a few percent of the means' spread: quantization noise, not a wrong scale or layout
+    assert (means8 - means).abs().mean() < 0.05 * means.std()
+    assert (weights8 - weights).abs().max() < 0.05
+    with pytest.raises(Int8Error, match="another model"):
+        Int8Mixture(colorizer.vgg, colorizer.mdn, Int8Calibration((1.0,) * 5))
+
+
+def test_bundled_model_int8_close_to_fp32_on_real_photos(shared):
+    require(LFW_SPLITS / "test.txt")
+    bundle = default_bundle_path()
+    if bundle is None or not (bundle / CALIBRATION_FILE).is_file():
+        pytest.skip("no bundled model with an int8 calibration")
+    from colorize_cli.colorizer import prepare
+    import cv2
+
+    rels = (LFW_SPLITS / "test.txt").read_text().split()[:8]
+    imgs = [cv2.imread(str(SHARED / "data" / r)) for r in rels]
+    preps = [prepare(img) for img in imgs]
+    l64, l224 = np.stack([p.l64 for p in preps]), np.stack([p.l224 for p in preps])
+    exact = Colorizer.load(None, "cpu", bf16=False)
+    fast = Colorizer.load(None, "cpu", bf16=False, int8=True)
+    a = np.stack([p.ab for p in exact.predict(l64, l224, 8)])
+    b = np.stack([p.ab for p in fast.predict(l64, l224, 8)])
+    diff = np.abs(a - b)
+    # README: over 64 LFW test photos x 8 samples, mean 0.0026 against bf16's 0.0009 (ab in [-1, 1])
+    assert diff.mean() < 0.01, diff.mean()
+
+
+def test_cli_calibrate_then_int8(tmp_path, tiny_run, synthetic_dataset):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    photos = tmp_path / "photos"
+    shutil.copytree(synthetic_dataset / "person_0", photos)
+    runner = CliRunner()
+    # without a calibration --int8 is a usage error naming the remedy
+    result = runner.invoke(main, [str(photos), "--model", str(run), "--device", "cpu", "--int8", "--quiet"])
+    assert result.exit_code == 2
+    assert "colorize calibrate" in result.output
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    result = runner.invoke(main, ["calibrate", str(photos), "--model", str(run), "--images", "8", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "broken.jpg" in result.output
+    cal = Int8Calibration.load(run / CALIBRATION_FILE)
+    assert cal.images == 4 and len(cal.ranges) == 17
+    result = runner.invoke(main, [str(photos), "--model", str(run), "--device", "cpu", "--int8", "--no-bf16",
+                                  "--json", "--samples", "3"])
+    assert result.exit_code == 1   # broken.jpg
+    lines = [json.loads(x) for x in result.output.splitlines() if x.startswith("{")]
+    assert sorted(x["status"] for x in lines) == ["done"] * 4 + ["failed"]
+    assert all((photos / f"img_{i:02d}.colorized.png").is_file() for i in (0, 4, 8, 12))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_int8_on_cuda_is_a_usage_error(tiny_run, synthetic_dataset, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    Int8Calibration((1.0,) * 17).save(run / CALIBRATION_FILE)
+    photos = tmp_path / "photos"
+    shutil.copytree(synthetic_dataset / "person_0", photos)
+    result = CliRunner().invoke(main, [str(photos), "--model", str(run), "--device", "cuda", "--int8"])
+    assert result.exit_code == 2
+    assert "for CPUs" in result.output
