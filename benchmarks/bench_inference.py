@@ -10,14 +10,15 @@ Rows (all with 8 samples per image):
   (b) colorize model-only: Colorizer.predict on batches (condition encoder once per image, decoder per
       sample), fp32 and bf16, with the bf16-vs-fp32 difference of the ab outputs; on CUDA (CUDA graphs, the
       default) also the model on the device alone (inputs uploaded, latents and ab left on the GPU), the
-      networks launched op by op (--no-cuda-graphs), and peak GPU memory;
+      networks launched op by op (--no-cuda-graphs), and peak GPU memory; with --int8 the int8 VGG + MDN;
   (c) colorize end to end, file to file: the `colorize` command in a subprocess on a folder of LFW photos
       (and with --scans a folder of 2-12 megapixel scans): the rate over the whole wall time including
       start-up and model load, the steady rate (from the arrival times of its --json lines: the results
       after the first quarter, over the time they took), and peak RSS of that process (on CUDA also its
       peak GPU memory from nvidia-smi, and where its CPU time went: main thread, I/O threads, others). Each
       end-to-end row runs --repeat times, the runs of the rows interleaved; the median is shown, the range
-      in the notes.
+      in the notes. On the CPU also jpg sheets with --cpu-streams 1 (one batch at a time on all the cores,
+      against the default's two single-threaded streams) and, with --int8, png and jpg sheets with --int8.
 Images: the first N of ../shared/data/lfw-splits/test.txt when ../shared is beside the repo (or where
 COLORIZE_SHARED points), repeated past its 1,000, else synthetic.
 The machine this was written on is shared and noisy (the same run varies up to 2x): compare rows of one run.
@@ -318,6 +319,9 @@ def main() -> None:
         if args.compile:
             jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --compile"] = (
                 tmp / "lfw-e2e", e2e_count, batch + ["--format", "jpg", "--compile"])
+        if device.type == "cpu":   # the default's two CPU streams against one stream on both cores
+            jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --cpu-streams 1"] = (
+                tmp / "lfw-e2e", e2e_count, batch + ["--format", "jpg", "--cpu-streams", "1"])
         if args.int8:
             for fmt in ("png", "jpg"):
                 jobs[f"{e2e_count} LFW jpgs -> {fmt} sheets, --int8"] = (
@@ -344,7 +348,8 @@ def main() -> None:
                 notes += f"; GPU {max(r.gpu_mib for r in results):.0f} MiB"
             cpu = results[len(results) // 2].cpu
             notes += f"; CPU s: main {cpu['main']:.1f}, I/O threads {cpu['io']:.1f}, other {cpu['other']:.1f}"
-            show((f"(c) end to end, {name}", f"{setting}, {mode}", median(rates), notes))
+            show((f"(c) end to end, {name}", f"{setting}, {'int8 + bf16' if '--int8' in jobs[name][2] else mode}",
+                  median(rates), notes))
         print("\n" + header)
         for name, settings, rate, notes in rows:
             print(f"{name:48} {settings:26} {rate:8.2f} {rate / seed_rate:6.1f}x  {notes}")

@@ -122,6 +122,12 @@ def test_cli_calibrate_then_int8(tmp_path, tiny_run, synthetic_dataset):
     lines = [json.loads(x) for x in result.output.splitlines() if x.startswith("{")]
     assert sorted(x["status"] for x in lines) == ["done"] * 4 + ["failed"]
     assert all((photos / f"img_{i:02d}.colorized.png").is_file() for i in (0, 4, 8, 12))
+    # a bundle made from the run takes its calibration along
+    from colorize_cli.bundle import export_bundle
+
+    bundle = export_bundle(run, tmp_path / "bundle")
+    assert Int8Calibration.load(bundle / CALIBRATION_FILE) == cal
+    assert Colorizer.load(bundle, "cpu", int8=True).int8
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
