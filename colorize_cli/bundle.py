@@ -17,6 +17,7 @@ import torch
 from . import __version__
 from .atomic import atomic_write
 from .checkpoint import CheckpointError, read_checkpoint
+from .int8 import CALIBRATION_FILE, Int8Calibration
 from .models import MDN, CVAEConfig, MDNConfig
 from .vgg import build_vgg
 
@@ -90,8 +91,6 @@ def export_bundle(run: str | os.PathLike, out: str | os.PathLike, quantize: str 
                             "vae_train_config": vae["train_config"], "mdn_train_config": mdn["train_config"],
                             "vae_metrics": vae.get("metrics"), "mdn_metrics": mdn.get("metrics")}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    from .int8 import CALIBRATION_FILE, Int8Calibration
-
     if (run / CALIBRATION_FILE).is_file():
         # the run's activation ranges hold for its bundle too (the weights' storage does not move them)
         Int8Calibration.load(run / CALIBRATION_FILE).save(out / CALIBRATION_FILE)

@@ -126,8 +126,8 @@ class Colorizer:
         # CPU streams: batches run in this many threads at once, each on its share of the cores (a pipelined
         # caller keeps two batches queued). One batch on both cores waits at every layer for the slower thread,
         # and the decode and write threads preempt one or the other; two single-threaded batches do not wait on
-        # each other: end to end on this project's 2-core CPU, jpg sheets, 6 paired runs: +12-17% with --int8,
-        # +13-30% in bf16 (README, Speed)
+        # each other. End to end on this project's 2-core CPU (jpg sheets, paired runs): with --int8 12-18
+        # against 10.5-12.3 img/s; in bf16 from even to +30% (README, Speed)
         cores = torch.get_num_threads()
         if cpu_streams is None:
             cpu_streams = 2 if device.type == "cpu" and cores >= 2 and not compile_backend else 1
@@ -257,7 +257,8 @@ class Colorizer:
         return self._predict_here(l64, l224, samples, seeds, full).result()   # here, on all the threads
 
     def predict_async(self, l64: ImageBatch, l224: ImageBatch, samples: int = 8, seeds: list[int] | None = None,
-                      full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> "PendingPredictions":
+                      full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None
+                      ) -> "PendingPredictions | QueuedPredictions":
         """``predict``, queued: on a GPU it returns once the batch's work is queued, with CPU streams once it
         is handed to a stream's thread, so the caller can prepare the next batch (or write the last one)
         meanwhile; ``.result()`` waits for it."""
