@@ -296,18 +296,11 @@ def evaluate_cmd(data, list_file, model, samples, limit, device, bf16, int8, bat
     import json
 
     from .colorizer import Colorizer
-    from .evaluate import evaluate, evaluation_list
+    from .evaluate import evaluate
 
     dev = _resolve_device(device)
-    try:
-        colorizer = Colorizer.load(model, dev, _bf16_default(bf16, dev), int8=int8)
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
-        click.echo(f"colorize: error: {err}", err=True)
-        sys.exit(2)
-    rel = evaluation_list(data, list_file, limit)
-    if not rel:
-        click.echo(f"colorize: error: no images under {data}", err=True)
-        sys.exit(2)
+    colorizer, rel = _model_and_images(lambda: Colorizer.load(model, dev, _bf16_default(bf16, dev), int8=int8),
+                                       data, list_file, limit)
     reporter = _RichReporter()
     bar = reporter.progress(len(rel), "evaluating") if not as_json else None
     result = evaluate(colorizer, data, rel, samples, batch_size, seed, sheet,
@@ -321,6 +314,22 @@ def evaluate_cmd(data, list_file, model, samples, limit, device, bf16, int8, bat
     else:
         _print_evaluation(result)
     sys.exit(0 if result.images else 1)
+
+
+def _model_and_images(load, data: Path, list_file, limit):
+    """The model (``load()``) and DATA's image list, or exit 2 with one line saying why not."""
+    from .evaluate import evaluation_list
+
+    try:
+        colorizer = load()
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        click.echo(f"colorize: error: {err}", err=True)
+        sys.exit(2)
+    rel = evaluation_list(data, list_file, limit)
+    if not rel:
+        click.echo(f"colorize: error: no images under {data}", err=True)
+        sys.exit(2)
+    return colorizer, rel
 
 
 def _print_evaluation(result) -> None:
@@ -364,18 +373,9 @@ def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
     """Measure the activation ranges that --int8 needs, on photos like the ones to colorize (CPU, fp32)."""
     from .bundle import default_bundle_path
     from .colorizer import Colorizer
-    from .evaluate import evaluation_list
     from .int8 import DEFAULT_PERCENTILE, calibrate_photos, calibration_path
 
-    try:
-        colorizer = Colorizer.load(model, "cpu", bf16=False)
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
-        click.echo(f"colorize: error: {err}", err=True)
-        sys.exit(2)
-    rel = evaluation_list(data, list_file, None)
-    if not rel:
-        click.echo(f"colorize: error: no images under {data}", err=True)
-        sys.exit(2)
+    colorizer, rel = _model_and_images(lambda: Colorizer.load(model, "cpu", bf16=False), data, list_file, None)
     # evenly spread over the list (a list sorted by person or date would otherwise give one kind of photo)
     picked = [rel[i * len(rel) // min(images, len(rel))] for i in range(min(images, len(rel)))]
     reporter = _RichReporter()
