@@ -10,6 +10,8 @@ import click
 from . import __version__
 
 DEFAULT_COMMAND = "run"
+#: fewer calibration photos than this get a warning from `colorize calibrate`
+MIN_CALIBRATION_PHOTOS = 64
 
 
 class DefaultGroup(click.Group):
@@ -375,7 +377,8 @@ def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
     from .colorizer import Colorizer
     from .int8 import DEFAULT_PERCENTILE, calibrate_photos, calibration_path
 
-    colorizer, rel = _model_and_images(lambda: Colorizer.load(model, "cpu", bf16=False), data, list_file, None)
+    colorizer, rel = _model_and_images(lambda: Colorizer.load(model, "cpu", bf16=False, cpu_streams=1),
+                                       data, list_file, None)
     # evenly spread over the list (a list sorted by person or date would otherwise give one kind of photo)
     picked = [rel[i * len(rel) // min(images, len(rel))] for i in range(min(images, len(rel)))]
     reporter = _RichReporter()
@@ -395,6 +398,9 @@ def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
         click.echo(f"colorize: error: cannot write {target}: {err}", err=True)
         sys.exit(1)
     reporter.log(f"wrote {target} ({calibration.images} photos)")
+    if calibration.images < MIN_CALIBRATION_PHOTOS:
+        click.echo(f"colorize: warning: ranges from {calibration.images} photos; photos unlike them may be "
+                   f"clipped under --int8 (the bundled model's come from 256)", err=True)
 
 
 @main.command("export")

@@ -204,6 +204,22 @@ def _pool_u8(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(rows[..., :c], rows[..., c:]).permute(0, 3, 1, 2)
 
 
+@dataclass(frozen=True)
+class _QuantLayer:
+    """One quantized conv + ReLU, as oneDNN takes it."""
+
+    weight: torch.Tensor          # (out, in, k, k) int8, unpacked (packed per batch size)
+    weight_scale: torch.Tensor    # (out,) float32
+    weight_zero: torch.Tensor     # (out,) int64 zeros (symmetric)
+    bias: torch.Tensor            # (out,) float32
+    stride: int
+    padding: int
+    in_scale: float
+    in_zero: int
+    out_scale: float
+    pool_before: bool             # a 2x2 max-pool of its input first
+
+
 class Int8Mixture:
     """Grey images (B, 224, 224) uint8 -> the MDN's means (B, K, D) and weights (B, K), float32, on the CPU."""
 
@@ -213,55 +229,52 @@ class Int8Mixture:
         if len(calibration.ranges) != len(convs):
             raise Int8Error(f"the int8 calibration has {len(calibration.ranges)} ranges for {len(convs)} layers: "
                             "it was made for another model")
-        self.chain = chain
         self.mdn = mdn
         # the input: VGG's normalised grey, 3 identical-but-for-normalisation channels, as one uint8 per channel
         # with a zero point (it is signed); a (256, 3) table from the grey level
         levels = torch.arange(256, dtype=torch.float32)[:, None]
         normalised = levels * vgg.scale.reshape(1, 3).float() + vgg.offset.reshape(1, 3).float()   # (256, 3)
         low, high = min(float(normalised.min()), 0.0), max(float(normalised.max()), 0.0)
-        self.input_scale = (high - low) / 255
-        self.input_zero_point = int(round(-low / self.input_scale))
-        self.input_table = torch.clamp(torch.round(normalised / self.input_scale) + self.input_zero_point,
-                                       0, 255).to(torch.uint8)
-        # per layer: (int8 weight, weight scales (out,), bias, stride, padding, input scale, input zero point,
-        # output scale); prepacked for oneDNN per batch size (its blocked layout depends on the shapes; an
-        # unprepacked weight is reordered on every call, 0.36 s for the MDN's first layer)
-        self.layers = []
-        in_scale, in_zero = self.input_scale, self.input_zero_point
-        for step, out_range in zip(convs, calibration.ranges):
+        input_scale = (high - low) / 255
+        input_zero = int(round(-low / input_scale))
+        self.input_table = torch.clamp(torch.round(normalised / input_scale) + input_zero, 0, 255).to(torch.uint8)
+        # int8 weights per output channel; each layer's input scale is the previous layer's output scale. Only
+        # these are kept (not the float weights, nor the folded MDN copies)
+        self.layers: list[_QuantLayer] = []
+        in_scale, in_zero, pool = input_scale, input_zero, False
+        ranges = iter(calibration.ranges)
+        for step in chain:
+            if step is POOL:
+                pool = True
+                continue
             w = step.weight.reshape(step.weight.shape[0], -1)
             w_scale = (w.abs().amax(1).clamp_min(1e-12) / 127).float()
             w_int8 = torch.round(step.weight / w_scale[:, None, None, None]).clamp(-127, 127).to(torch.int8)
-            self.layers.append((w_int8, w_scale, step.bias.contiguous(), step.stride, step.padding,
-                                in_scale, in_zero, out_range / 255))
-            in_scale, in_zero = out_range / 255, 0
-        self._w_zero_points = [torch.zeros(len(layer[1]), dtype=torch.long) for layer in self.layers]
+            out_scale = next(ranges) / 255
+            self.layers.append(_QuantLayer(w_int8, w_scale, torch.zeros(len(w_scale), dtype=torch.long),
+                                           step.bias.contiguous(), step.stride, step.padding, in_scale, in_zero,
+                                           out_scale, pool))
+            in_scale, in_zero, pool = out_scale, 0, False
+        # prepacked for oneDNN per batch size: its blocked layout depends on the shapes, and an unprepacked weight
+        # is reordered on every call (0.36 s for the MDN's first layer). Locked: CPU streams share this object
         self._packed: dict[int, list[torch.Tensor]] = {}
         self._lock = threading.Lock()
 
     def _packed_weights(self, batch: int) -> list[torch.Tensor]:
         with self._lock:
-            return self._packed_weights_locked(batch)
-
-    def _packed_weights_locked(self, batch: int) -> list[torch.Tensor]:
-        if batch not in self._packed:
-            packed, hw = [], VGG_SIZE
-            layers = iter(self.layers)
-            for step in self.chain:
-                if step is POOL:
-                    hw //= 2
-                    continue
-                w_int8, w_scale, _, stride, pad, in_scale, in_zero, _ = next(layers)
-                packed.append(torch.ops.onednn.qconv_prepack(
-                    w_int8, w_scale, in_scale, in_zero, [stride] * 2, [pad] * 2, [1, 1], 1,
-                    [batch, w_int8.shape[1], hw, hw]))
-                hw = (hw + 2 * pad - w_int8.shape[2]) // stride + 1
-            # few batch sizes occur in a run (the batch size and the last, shorter batch)
-            if len(self._packed) >= 4:
-                self._packed.pop(next(iter(self._packed)))
-            self._packed[batch] = packed
-        return self._packed[batch]
+            if batch not in self._packed:
+                packed, hw = [], VGG_SIZE
+                for layer in self.layers:
+                    hw //= 2 if layer.pool_before else 1
+                    packed.append(torch.ops.onednn.qconv_prepack(
+                        layer.weight, layer.weight_scale, layer.in_scale, layer.in_zero, [layer.stride] * 2,
+                        [layer.padding] * 2, [1, 1], 1, [batch, layer.weight.shape[1], hw, hw]))
+                    hw = (hw + 2 * layer.padding - layer.weight.shape[2]) // layer.stride + 1
+                # few batch sizes occur in a run (the batch size and the last, shorter batch)
+                if len(self._packed) >= 4:
+                    self._packed.pop(next(iter(self._packed)))
+                self._packed[batch] = packed
+            return self._packed[batch]
 
     def features(self, grey: torch.Tensor) -> torch.Tensor:
         """Grey (B, 224, 224) uint8 -> the MDN's last convolution's ReLU output (B, 64, 4, 4) float32."""
@@ -269,20 +282,15 @@ class Int8Mixture:
         packed = self._packed_weights(batch)
         # (B, 224, 224, 3) uint8 is NHWC memory: as (B, 3, 224, 224) it is channels_last, oneDNN's layout
         x = self.input_table[grey.reshape(batch, VGG_SIZE, VGG_SIZE).long()].permute(0, 3, 1, 2)
-        layer = 0
         last = len(self.layers) - 1
-        for step in self.chain:
-            if step is POOL:
+        for i, (layer, weight) in enumerate(zip(self.layers, packed)):
+            if layer.pool_before:
                 x = _pool_u8(x)
-                continue
-            _, w_scale, bias, stride, pad, in_scale, in_zero, out_scale = self.layers[layer]
-            final = layer == last
             # uint8 out (scale out_scale, zero point 0), or float32 for the last (a float output takes scale 1)
             x = torch.ops.onednn.qconv2d_pointwise(
-                x, in_scale, in_zero, packed[layer], w_scale, self._w_zero_points[layer], bias,
-                [stride] * 2, [pad] * 2, [1, 1], 1, 1.0 if final else out_scale, 0,
-                torch.float32 if final else None, "relu", [], "")
-            layer += 1
+                x, layer.in_scale, layer.in_zero, weight, layer.weight_scale, layer.weight_zero, layer.bias,
+                [layer.stride] * 2, [layer.padding] * 2, [1, 1], 1, 1.0 if i == last else layer.out_scale, 0,
+                torch.float32 if i == last else None, "relu", [], "")
         return x
 
     @torch.no_grad()

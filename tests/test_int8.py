@@ -114,6 +114,7 @@ def test_cli_calibrate_then_int8(tmp_path, tiny_run, synthetic_dataset):
     result = runner.invoke(main, ["calibrate", str(photos), "--model", str(run), "--images", "8", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     assert "broken.jpg" in result.output
+    assert "warning: ranges from 4 photos" in result.output
     cal = Int8Calibration.load(run / CALIBRATION_FILE)
     assert cal.images == 4 and len(cal.ranges) == 17
     result = runner.invoke(main, [str(photos), "--model", str(run), "--device", "cpu", "--int8", "--no-bf16",
