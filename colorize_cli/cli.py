@@ -184,13 +184,20 @@ class _PlainProgress:
 
 def _train_options(f):
     options = [
-        click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path)),
+        click.argument("data", nargs=-1, required=True,
+                       type=click.Path(exists=True, file_okay=False, path_type=Path)),
         click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="run folder (vae.pt, mdn.pt, log.jsonl, samples/)"),
-        click.option("--list", "train_list", type=click.Path(exists=True, dir_okay=False),
-                     help="file of training image paths relative to DATA (default: walk DATA)"),
-        click.option("--test-list", type=click.Path(exists=True, dir_okay=False),
-                     help="file of test image paths relative to DATA"),
+        click.option("--list", "train_list", multiple=True, type=click.Path(dir_okay=False),
+                     help="file of training image paths relative to DATA (default: walk DATA); with several "
+                          "DATA, once per DATA in the same order, '' for one to walk"),
+        click.option("--test-list", multiple=True, type=click.Path(dir_okay=False),
+                     help="file of test image paths relative to DATA; with several DATA, once per DATA in the "
+                          "same order, '' for none"),
+        click.option("--skip-grey/--keep-grey", default=True, show_default=True,
+                     help="leave out photos with no colour (mean chroma under 3 CIE units), counted in the log"),
+        click.option("--augment", is_flag=True,
+                     help="random-resized crops and flips on the training device (MDN: VGG then runs live)"),
         click.option("--epochs", type=click.IntRange(1), default=None, help="epochs (default: the stage's)"),
         click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
         click.option("--lr", type=float, default=None, help="Adam learning rate (default: the stage's)"),
@@ -207,6 +214,28 @@ def _train_options(f):
     for opt in reversed(options):
         f = opt(f)
     return f
+
+
+def _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey):
+    """DATA folders and their aligned --list / --test-list values -> a DataSpec (usage errors exit 2)."""
+    from .train import DataSource, DataSpec
+
+    def aligned(values, name):
+        if not values:
+            return [None] * len(data)
+        if len(values) != len(data):
+            raise click.UsageError(f"{name} given {len(values)} times for {len(data)} DATA folders: give it "
+                                   f"once per DATA, in the same order ('' for none)")
+        out = []
+        for v in values:
+            if v and not Path(v).is_file():
+                raise click.UsageError(f"{name} {v!r}: no such file")
+            out.append(v or None)
+        return out
+
+    sources = [DataSource(str(d), tl, vl) for d, tl, vl in
+               zip(data, aligned(train_list, "--list"), aligned(test_list, "--test-list"))]
+    return DataSpec(cache_dir=cache_dir, n_jobs=jobs, sources=sources, skip_grey=skip_grey)
 
 
 def _bf16_default(bf16, device) -> bool:
@@ -228,16 +257,16 @@ def train():
 @click.option("--prior", type=click.Choice(["zhang", "data"]), default="zhang", show_default=True,
               help="class-rebalancing prior of the loss weights: Zhang's ImageNet prior (the seed's) or counted "
                    "from the training images")
-def train_vae_cmd(data, out, train_list, test_list, epochs, batch_size, lr, seed, device, bf16, resume,
-                  cache_dir, max_images, jobs, kl_weight, prior):
-    """Stage 1: train the conditional VAE on the colour images in DATA."""
-    from .train import VAE_DEFAULTS, DataSpec, TrainConfig, train_vae
+def train_vae_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, batch_size, lr, seed, device, bf16,
+                  resume, cache_dir, max_images, jobs, kl_weight, prior):
+    """Stage 1: train the conditional VAE on the colour images in DATA (one folder or several, mixed)."""
+    from .train import VAE_DEFAULTS, TrainConfig, train_vae
 
+    spec = _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey)
     dev = _resolve_device(device)
     cfg = TrainConfig(epochs=epochs or VAE_DEFAULTS.epochs, batch_size=batch_size, lr=lr or VAE_DEFAULTS.lr,
                       kl_weight=kl_weight, prior=prior, bf16=_bf16_default(bf16, dev), seed=seed,
-                      max_images=max_images)
-    spec = DataSpec(str(data), train_list, test_list, cache_dir, jobs)
+                      max_images=max_images, augment=augment)
     _run_training(lambda rep: train_vae(spec, out, cfg, dev, rep, resume))
 
 
@@ -246,16 +275,20 @@ def train_vae_cmd(data, out, train_list, test_list, epochs, batch_size, lr, seed
 @click.option("--vae", "vae_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="the stage-1 checkpoint (default: RUN/vae.pt)")
 @click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="VGG16 features state_dict (default: $COLORIZE_VGG_WEIGHTS, else torchvision's)")
-def train_mdn_cmd(data, out, train_list, test_list, epochs, batch_size, lr, seed, device, bf16, resume,
-                  cache_dir, max_images, jobs, vae_path, vgg_weights):
+              help="VGG16 features state_dict, or a bundle's vgg.pt (default: $COLORIZE_VGG_WEIGHTS, else "
+                   "torchvision's)")
+@click.option("--mdn-loss", type=click.Choice(["nearest", "soft"]), default="nearest", show_default=True,
+              help="nearest: the seed's nearest-component loss; soft: the full mixture likelihood it approximates")
+def train_mdn_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, batch_size, lr, seed, device, bf16,
+                  resume, cache_dir, max_images, jobs, vae_path, vgg_weights, mdn_loss):
     """Stage 2: train the MDN from VGG features of the grey images to the frozen CVAE's latent space."""
-    from .train import MDN_DEFAULTS, DataSpec, TrainConfig, train_mdn
+    from .train import MDN_DEFAULTS, TrainConfig, train_mdn
 
+    spec = _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey)
     dev = _resolve_device(device)
     cfg = TrainConfig(epochs=epochs or MDN_DEFAULTS.epochs, batch_size=batch_size, lr=lr or MDN_DEFAULTS.lr,
-                      bf16=_bf16_default(bf16, dev), seed=seed, max_images=max_images)
-    spec = DataSpec(str(data), train_list, test_list, cache_dir, jobs)
+                      bf16=_bf16_default(bf16, dev), seed=seed, max_images=max_images, augment=augment,
+                      mdn_loss=mdn_loss)
     _run_training(lambda rep: train_mdn(spec, out, cfg, dev, vae_path, vgg_weights, rep, resume))
 
 

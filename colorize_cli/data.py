@@ -15,7 +15,11 @@ import numpy as np
 from .color import CVAE_SIZE, VGG_SIZE
 from .imageio import ImageReadError, is_image_path, read_image
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+
+#: a photo whose mean chroma (CIE a*b* distance from grey, 8-bit Lab units) at 64x64 is below this has no
+#: colour to learn from: greyscale files, three equal channels, JPEG noise around grey
+GREY_CHROMA = 3.0
 
 
 def model_views(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,6 +32,16 @@ def model_views(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lab64 = cv2.resize(lab, (CVAE_SIZE, CVAE_SIZE), interpolation=cv2.INTER_AREA)
     l224 = cv2.resize(np.ascontiguousarray(lab[..., 0]), (VGG_SIZE, VGG_SIZE), interpolation=cv2.INTER_AREA)
     return lab, lab64, l224
+
+
+def mean_chroma(lab64: np.ndarray) -> float:
+    """Mean distance from grey of an 8-bit OpenCV Lab image's (a, b), in CIE units."""
+    ab = lab64[..., 1:].astype(np.float32) - 128.0
+    return float(np.sqrt((ab * ab).sum(-1)).mean())
+
+
+def is_grey(lab64: np.ndarray) -> bool:
+    return mean_chroma(lab64) < GREY_CHROMA
 
 
 def list_images(root: str | os.PathLike, list_file: str | os.PathLike | None = None) -> list[str]:
@@ -46,17 +60,22 @@ def list_images(root: str | os.PathLike, list_file: str | os.PathLike | None = N
     return found
 
 
-def _decode_one(path: Path) -> tuple[np.ndarray, np.ndarray] | str:
+GREY = "grey (no colour to learn from)"
+
+
+def _decode_one(path: Path, skip_grey: bool) -> tuple[np.ndarray, np.ndarray] | str:
     try:
         img = read_image(path)
     except ImageReadError as err:
         return str(err)
     _, lab64, l224 = model_views(img.bgr)
+    if skip_grey and is_grey(lab64):
+        return GREY
     return lab64, l224
 
 
-def _decode_chunk(paths: Sequence[Path]) -> list:
-    return [_decode_one(p) for p in paths]
+def _decode_chunk(paths: Sequence[Path], skip_grey: bool) -> list:
+    return [_decode_one(p, skip_grey) for p in paths]
 
 
 @dataclass
@@ -71,25 +90,27 @@ class ImageCache:
         return len(self.paths)
 
 
-def _cache_key(root: Path, rel_paths: Sequence[str]) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{CVAE_SIZE}|{VGG_SIZE}|{root.resolve()}".encode())
+def _cache_key(root: Path, rel_paths: Sequence[str], skip_grey: bool) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{CVAE_SIZE}|{VGG_SIZE}|{skip_grey}|{root.resolve()}".encode())
     for rel in rel_paths:
         h.update(rel.encode("utf-8", "surrogateescape") + b"\0")
     return h.hexdigest()[:16]
 
 
 def build_cache(root: str | os.PathLike, rel_paths: Sequence[str], cache_dir: str | os.PathLike,
-                n_jobs: int = -1, warn: Callable[[str], None] = print) -> ImageCache:
+                n_jobs: int = -1, warn: Callable[[str], None] = print, skip_grey: bool = True,
+                progress: Callable[[int], None] | None = None) -> ImageCache:
     """Decode every image once (in parallel with joblib) into ``cache_dir``; reuse it on later calls.
 
-    Unreadable files are reported through ``warn`` and left out.
+    Unreadable files are reported through ``warn`` one by one, grey photos (``skip_grey``) counted in one
+    line; both are left out. ``progress(n)`` is called as chunks of n images finish.
     """
     from joblib import Parallel, delayed
 
     root = Path(root)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = _cache_key(root, rel_paths)
+    key = _cache_key(root, rel_paths, skip_grey)
     meta_path = cache_dir / f"images-{key}.json"
     lab_path = cache_dir / f"images-{key}-lab64.npy"
     l224_path = cache_dir / f"images-{key}-l224.npy"
@@ -100,27 +121,81 @@ def build_cache(root: str | os.PathLike, rel_paths: Sequence[str], cache_dir: st
     full = [root / rel for rel in rel_paths]
     chunk = 256
     chunks = [full[i:i + chunk] for i in range(0, len(full), chunk)]
-    results = Parallel(n_jobs=n_jobs)(delayed(_decode_chunk)(c) for c in chunks)
-    kept, lab_list, l_list = [], [], []
-    for rel, res in zip(rel_paths, (r for part in results for r in part)):
-        if isinstance(res, str):
-            warn(f"skipping {root / rel}: {res}")
-            continue
-        kept.append(rel)
-        lab_list.append(res[0])
-        l_list.append(res[1])
+    n = len(full)
+    lab64 = np.empty((n, CVAE_SIZE, CVAE_SIZE, 3), np.uint8)
+    l224 = np.empty((n, VGG_SIZE, VGG_SIZE), np.uint8)
+    kept: list[str] = []
+    grey = 0
+    # results stream back in order (return_as="generator"): memory stays at the arrays, not a list of them
+    parts = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_decode_chunk)(c, skip_grey) for c in chunks)
+    rels = iter(rel_paths)
+    for part in parts:
+        for res in part:
+            rel = next(rels)
+            if isinstance(res, str) and res == GREY:
+                grey += 1
+            elif isinstance(res, str):
+                warn(f"skipping {root / rel}: {res}")
+            else:
+                lab64[len(kept)], l224[len(kept)] = res
+                kept.append(rel)
+        if progress is not None:
+            progress(len(part))
+    if grey:
+        warn(f"left out {grey} grey photos of {n} under {root} (mean chroma < {GREY_CHROMA})")
     if not kept:
-        raise ValueError(f"no readable images under {root}")
-    lab64 = np.stack(lab_list)
-    l224 = np.stack(l_list)
+        raise ValueError(f"no readable colour images under {root}")
+    lab64, l224 = lab64[:len(kept)], l224[:len(kept)]
     for path, arr in ((lab_path, lab64), (l224_path, l224)):
-        tmp = path.with_name(path.name + ".part.npy")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.part.npy")  # per process: two runs may share a cache
         np.save(tmp, arr)
         os.replace(tmp, path)
-    tmp = meta_path.with_suffix(".part")
-    tmp.write_text(json.dumps({"root": str(root), "paths": kept}), encoding="utf-8")
+    tmp = meta_path.with_suffix(f".{os.getpid()}.part")
+    tmp.write_text(json.dumps({"root": str(root), "paths": kept, "grey": grey}), encoding="utf-8")
     os.replace(tmp, meta_path)
     return ImageCache(kept, lab64, l224)
+
+
+class ConcatCache:
+    """Several ImageCaches seen as one (no copy): ``lab64[idx]``, ``l224[idx]`` for sorted index arrays."""
+
+    def __init__(self, parts: Sequence[ImageCache]):
+        self.parts = list(parts)
+        self.paths = [p for c in self.parts for p in c.paths]
+        self.offsets = np.cumsum([0] + [len(c) for c in self.parts])
+        self.lab64 = _ConcatView(self, "lab64")
+        self.l224 = _ConcatView(self, "l224")
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+
+class _ConcatView:
+    def __init__(self, cache: ConcatCache, name: str):
+        self.cache, self.name = cache, name
+
+    @property
+    def shape(self) -> tuple:
+        first = getattr(self.cache.parts[0], self.name)
+        return (len(self.cache),) + tuple(first.shape[1:])
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate([np.asarray(getattr(c, self.name)) for c in self.cache.parts])
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            idx = np.arange(len(self.cache))[idx]
+        elif isinstance(idx, tuple):  # e.g. lab64[..., 1:]
+            return np.asarray(self)[idx]
+        idx = np.asarray(idx)
+        which = np.searchsorted(self.cache.offsets, idx, side="right") - 1
+        out = np.empty((len(idx),) + self.shape[1:], np.uint8)
+        for k, part in enumerate(self.cache.parts):
+            sel = which == k
+            if sel.any():
+                out[sel] = getattr(part, self.name)[idx[sel] - self.cache.offsets[k]]
+        return out
 
 
 def batch_indices(n: int, batch_size: int, rng: np.random.Generator | None, drop_last: bool) -> list[np.ndarray]:

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .color import LossWeighter, count_prior, normalize_u8, zhang_prior
-from .data import ImageCache, batch_indices, build_cache, list_images
+from .augment import Augment
+from .color import LossWeighter, _grey_lut, count_prior, normalize_u8, zhang_prior
+from .data import ConcatCache, ImageCache, batch_indices, build_cache, list_images
 from .device import autocast
-from .losses import kl_loss, mdn_loss, recon_loss
+from .losses import MDN_LOSSES, kl_loss, mdn_loss, recon_loss
 from .models import CVAE, MDN, CVAEConfig, MDNConfig
 from .render import sample_sheet
 from .vgg import build_vgg, resolve_vgg_state
@@ -35,6 +36,8 @@ class TrainConfig:
     seed: int = 0
     max_images: int | None = None  # cap on training images (smoke runs)
     sample_every: int = 1     # epochs between sample sheets
+    augment: bool = False     # random-resized crops and flips (augment.Augment); the seed has none
+    mdn_loss: str = "nearest"  # MDN only: 'nearest' (the seed's) or 'soft' (losses.mdn_loss)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,12 +48,33 @@ MDN_DEFAULTS = TrainConfig(epochs=7, lr=1e-3)
 
 
 @dataclass
-class DataSpec:
+class DataSource:
+    """One image folder; its training and test images listed in files (paths relative to ``root``) or, for
+    training without a list, found by walking ``root``."""
+
     root: str
+    train_list: str | None = None
+    test_list: str | None = None
+
+
+@dataclass
+class DataSpec:
+    """Where training reads: ``root`` with its lists, or several ``sources`` mixed into one training set."""
+
+    root: str | None = None
     train_list: str | None = None
     test_list: str | None = None
     cache_dir: str | None = None
     n_jobs: int = -1
+    sources: list[DataSource] = field(default_factory=list)
+    skip_grey: bool = True  # leave out photos with no colour (data.is_grey)
+
+    def all_sources(self) -> list[DataSource]:
+        if self.sources:
+            return list(self.sources)
+        if self.root is None:
+            raise ValueError("no training data given")
+        return [DataSource(self.root, self.train_list, self.test_list)]
 
 
 class Reporter:
@@ -96,19 +120,44 @@ def _append_log(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _cached(source_root: str, rel: list[str], spec: DataSpec, cache_dir: Path, reporter: Reporter,
+            label: str) -> ImageCache:
+    bar = reporter.progress(len(rel), f"decoding {label} ({source_root})")
+    try:
+        return build_cache(source_root, rel, cache_dir, spec.n_jobs, reporter.warn, spec.skip_grey, bar.advance)
+    finally:
+        bar.close()
+
+
+def _joined(parts: list[ImageCache]) -> ImageCache | ConcatCache | None:
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else ConcatCache(parts)
+
+
 def load_split(spec: DataSpec, paths: RunPaths, reporter: Reporter, max_images: int | None = None
-               ) -> tuple[ImageCache, ImageCache | None]:
+               ) -> tuple[ImageCache | ConcatCache, ImageCache | ConcatCache | None]:
+    """Every source's training and test images, decoded once into the cache and joined (no copy)."""
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else paths.cache
-    train_rel = list_images(spec.root, spec.train_list)
-    test_rel = list_images(spec.root, spec.test_list) if spec.test_list else []
-    if spec.test_list is None:
+    sources = spec.all_sources()
+    if not any(s.test_list for s in sources):
         reporter.log("no --test-list: test losses are not computed")
-    if max_images:
-        train_rel = train_rel[:max_images]
-        test_rel = test_rel[:max_images]
-    reporter.log(f"decoding {len(train_rel)} training and {len(test_rel)} test images (cached in {cache_dir})")
-    train = build_cache(spec.root, train_rel, cache_dir, spec.n_jobs, reporter.warn)
-    test = build_cache(spec.root, test_rel, cache_dir, spec.n_jobs, reporter.warn) if test_rel else None
+    train_parts, test_parts = [], []
+    for src in sources:
+        train_rel = list_images(src.root, src.train_list)
+        test_rel = list_images(src.root, src.test_list) if src.test_list else []
+        if max_images:
+            train_rel, test_rel = train_rel[:max_images], test_rel[:max_images]
+        if not train_rel:
+            raise ValueError(f"no training images in {src.root}" + (f" ({src.train_list})" if src.train_list else ""))
+        reporter.log(f"{src.root}: {len(train_rel)} training and {len(test_rel)} test images (cached in {cache_dir})")
+        train_parts.append(_cached(src.root, train_rel, spec, cache_dir, reporter, "training images"))
+        if test_rel:
+            test_parts.append(_cached(src.root, test_rel, spec, cache_dir, reporter, "test images"))
+    train, test = _joined(train_parts), _joined(test_parts)
+    if len(sources) > 1:
+        reporter.log(f"training on {len(train)} images from {len(sources)} sources"
+                     + (f", testing on {len(test)}" if test is not None else ""))
     return train, test
 
 
@@ -122,6 +171,38 @@ def _cvae_batch(cache: ImageCache, idx: np.ndarray, device: torch.device,
         w = torch.from_numpy(weighter.weights_u8(lab[..., 1:]))[:, None]   # (B, 1, 64, 64), same for a and b
         out.append(w.expand(-1, 2, -1, -1).to(device))
     return tuple(out)
+
+
+class AugmentedBatches:
+    """Training batches through ``Augment`` on the device: the crop is drawn per photo from a generator
+    seeded by (seed, epoch), so a resumed run sees the same crops. Views stay on 8-bit levels (rounded), as
+    the cache's, so the loss weights are the same table lookup."""
+
+    def __init__(self, cache, device: torch.device, weighter: LossWeighter | None, seed: int,
+                 aug: Augment = Augment()):
+        self.cache, self.device, self.aug, self.seed = cache, device, aug, seed
+        self.table = torch.from_numpy(weighter.table_u8).to(device) if weighter is not None else None
+        self.grey_lut = torch.from_numpy(_grey_lut()).to(device)
+        self.gen = torch.Generator()
+
+    def start_epoch(self, epoch: int) -> None:
+        self.gen.manual_seed(self.seed * 100_003 + epoch)
+
+    def batch(self, idx: np.ndarray, with_vgg_input: bool = False) -> dict:
+        lab = torch.from_numpy(np.asarray(self.cache.lab64[idx])).to(self.device).permute(0, 3, 1, 2)
+        l224 = (torch.from_numpy(np.asarray(self.cache.l224[idx])).to(self.device)[:, None]
+                if with_vgg_input else None)
+        lab, l224 = self.aug.apply(lab.float(), None if l224 is None else l224.float(),
+                                   self.aug.thetas(len(idx), self.gen))
+        lab = lab.round_().clamp_(0, 255)                                   # (B, 3, 64, 64) 8-bit levels
+        out = {"ab": lab[:, 1:] * (2 / 255) - 1, "grey": lab[:, :1] * (2 / 255) - 1}
+        if self.table is not None:
+            a, b = lab[:, 1].long(), lab[:, 2].long()
+            out["weights"] = self.table[a, b][:, None].expand(-1, 2, -1, -1)  # (B, 2, 64, 64)
+        if l224 is not None:
+            # VGG's achromatic sRGB grey of the cropped L (colour.grey_from_l on the device): (B, 224, 224)
+            out["vgg_grey"] = self.grey_lut[l224[:, 0].round_().clamp_(0, 255).long()]
+        return out
 
 
 def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -205,14 +286,21 @@ def train_vae(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
     model = CVAE(model_cfg).to(device)
     opt = adam(model.parameters(), cfg.lr, device)
     start_epoch = _restore(state, model, opt)
+    augmented = AugmentedBatches(train, device, weighter, cfg.seed) if cfg.augment else None
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         batches = batch_indices(len(train), cfg.batch_size, _seeded_rng(cfg.seed, epoch), drop_last=True)
         bar = reporter.progress(len(batches), f"vae epoch {epoch + 1}/{cfg.epochs}")
         t0 = time.perf_counter()
         sums = np.zeros(3)
+        if augmented is not None:
+            augmented.start_epoch(epoch)
         for idx in batches:
-            ab, grey, w = _cvae_batch(train, idx, device, weighter)
+            if augmented is not None:
+                b = augmented.batch(idx)
+                ab, grey, w = b["ab"], b["grey"], b["weights"]
+            else:
+                ab, grey, w = _cvae_batch(train, idx, device, weighter)
             with autocast(device, cfg.bf16):
                 mu, logvar, pred = model(ab, grey)
             kl = kl_loss(mu.float(), logvar.float())
@@ -333,7 +421,7 @@ def posterior_targets(vae: CVAE, cache: ImageCache, device: torch.device, batch_
 
 @torch.no_grad()
 def evaluate_mdn(mdn: MDN, store: FeatureStore, mu: torch.Tensor, logvar: torch.Tensor, device: torch.device,
-                 batch_size: int, bf16: bool, seed: int = 0) -> float:
+                 batch_size: int, bf16: bool, seed: int = 0, kind: str = "nearest") -> float:
     mdn.eval()
     gen = torch.Generator().manual_seed(seed)  # the same posterior samples every epoch
     total, count = 0.0, 0
@@ -341,7 +429,7 @@ def evaluate_mdn(mdn: MDN, store: FeatureStore, mu: torch.Tensor, logvar: torch.
         with autocast(device, bf16):
             means, weights = mdn.mixture(store.batch(idx, device))
         t = torch.from_numpy(idx)
-        loss, _ = mdn_loss(means, weights, mu[t].to(device), logvar[t].to(device), generator=gen)
+        loss, _ = mdn_loss(means, weights, mu[t].to(device), logvar[t].to(device), generator=gen, kind=kind)
         total += loss.item() * len(idx)
         count += len(idx)
     return total / max(count, 1)
@@ -389,16 +477,25 @@ def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
     train, test = load_split(spec, paths, reporter, cfg.max_images)
 
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else paths.cache
+    # with --augment every epoch sees other crops, so VGG runs live on the training set (a GPU's work);
+    # without, its features are computed once into a store, as the seed does. The test set is never augmented.
     stores = {}
     for label, data in (("train", train), ("test", test)):
-        if data is None:
+        if data is None or (label == "train" and cfg.augment):
             continue
         store = FeatureStore(cache_dir / f"vgg-{_store_key(data, vgg_state, cfg.bf16)}.npy", len(data))
         store.fill(data.l224, vgg, device, cfg.bf16, 64, reporter, label)
         stores[label] = store
-    del vgg
-    reporter.log("computing the frozen encoder's posterior for every image")
-    train_mu, train_logvar = posterior_targets(vae, train, device, cfg.batch_size, cfg.bf16)
+    if cfg.augment:
+        vgg.eval()
+        for p in vgg.parameters():
+            p.requires_grad_(False)
+        augmented = AugmentedBatches(train, device, None, cfg.seed)
+    else:
+        del vgg
+        augmented = None
+        reporter.log("computing the frozen encoder's posterior for every image")
+        train_mu, train_logvar = posterior_targets(vae, train, device, cfg.batch_size, cfg.bf16)
     test_targets = posterior_targets(vae, test, device, cfg.batch_size, cfg.bf16) if test is not None else None
 
     mdn = MDN(model_cfg).to(device)
@@ -410,12 +507,22 @@ def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
         bar = reporter.progress(len(batches), f"mdn epoch {epoch + 1}/{cfg.epochs}")
         t0 = time.perf_counter()
         sums = np.zeros(2)
+        if augmented is not None:
+            augmented.start_epoch(epoch)
         for idx in batches:
-            feats = stores["train"].batch(idx, device)
-            t = torch.from_numpy(idx)
+            if augmented is not None:
+                b = augmented.batch(idx, with_vgg_input=True)
+                with torch.no_grad(), autocast(device, cfg.bf16):
+                    feats = vgg(b["vgg_grey"]).float()
+                    mu, logvar = vae.encoder(b["ab"])
+                mu, logvar = mu.float(), logvar.float()
+            else:
+                feats = stores["train"].batch(idx, device)
+                t = torch.from_numpy(idx)
+                mu, logvar = train_mu[t].to(device), train_logvar[t].to(device)
             with autocast(device, cfg.bf16):
                 means, weights = mdn.mixture(feats)
-            loss, dist = mdn_loss(means, weights, train_mu[t].to(device), train_logvar[t].to(device))
+            loss, dist = mdn_loss(means, weights, mu, logvar, kind=cfg.mdn_loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -429,7 +536,7 @@ def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
                   "seconds": round(seconds, 1), "img_per_s": round(nb * cfg.batch_size / seconds, 1)}
         if test_targets is not None:
             record["test_loss"] = evaluate_mdn(mdn, stores["test"], *test_targets, device, cfg.batch_size,
-                                               cfg.bf16, cfg.seed)
+                                               cfg.bf16, cfg.seed, cfg.mdn_loss)
         reporter.log(_format_record(record))
         _append_log(paths.log, record)
         save_checkpoint(paths.mdn, "mdn", {
@@ -439,9 +546,12 @@ def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
             # the MDN is only meaningful with the features it was trained on: keep them with it (fp16, 15 MB)
             "vgg": {k: v.half() for k, v in vgg_state.items()}})
         if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs:
-            sheet_data, sheet_store = (test, stores["test"]) if test is not None else (train, stores["train"])
-            _sheet_mdn(vae, mdn, sheet_data, sheet_store, device, cfg.bf16,
-                       paths.samples / f"mdn_epoch{epoch + 1:03d}.png")
+            if test is not None:
+                _sheet_mdn(vae, mdn, test, stores["test"], device, cfg.bf16,
+                           paths.samples / f"mdn_epoch{epoch + 1:03d}.png")
+            elif "train" in stores:
+                _sheet_mdn(vae, mdn, train, stores["train"], device, cfg.bf16,
+                           paths.samples / f"mdn_epoch{epoch + 1:03d}.png")
     return paths.mdn
 
 

@@ -75,6 +75,10 @@ def load_vgg_state(path: str | os.PathLike) -> dict:
         raise VGGWeightsError(f"cannot read VGG weights {path}: {err}") from err
     if isinstance(state, dict) and "vgg" in state and isinstance(state["vgg"], dict):
         state = state["vgg"]
+    if isinstance(state, dict) and any(str(k).endswith("::int8") for k in state):
+        from .bundle import dequantize_state  # a bundle's vgg.pt: int8 weights with per-channel scales
+
+        state = dequantize_state(state)
     # a full vgg16 state_dict names its conv layers features.N.*
     state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
     expected = set(vgg_architecture().state_dict())
