@@ -28,9 +28,21 @@ QUANT_SUFFIX, SCALE_SUFFIX = "::int8", "::scale"
 
 
 def default_bundle_path() -> Path | None:
-    """The bundle shipped inside the package, if this installation has one."""
-    folder = Path(str(resources.files("colorize_cli").joinpath("weights")))
-    return folder if (folder / "manifest.json").is_file() else None
+    """The default bundled model's folder, if this installation has it."""
+    from .registry import DEFAULT_MODEL, bundled_path
+
+    return bundled_path(DEFAULT_MODEL)
+
+
+def part_path(folder: Path, manifest: dict, name: str) -> Path:
+    """Where a bundle's part lives: ``NAME.pt`` in the folder, or the file its manifest's ``part_files`` names
+    (bundled models share ``../vgg.pt``); never outside the folder's parent."""
+    rel = manifest.get("part_files", {}).get(name, f"{name}.pt") if isinstance(manifest.get("part_files"), dict) \
+        else f"{name}.pt"
+    path = (folder / str(rel)).resolve()
+    if folder.resolve().parent not in path.parents:
+        raise CheckpointError(f"{folder}: manifest names a part outside the bundle: {rel}")
+    return path
 
 
 def quantize_state(state: dict, mode: str) -> dict:
@@ -121,10 +133,11 @@ def load_bundle(folder: str | os.PathLike):
         raise CheckpointError(f"{folder} is not a colorize bundle")
     states = {}
     for name in PARTS:
+        path = part_path(folder, manifest, name)
         try:
-            stored = torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True)
+            stored = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a bad file; name the file and the reason
-            raise CheckpointError(f"cannot read {folder / (name + '.pt')}: {err}") from err
+            raise CheckpointError(f"cannot read {path}: {err}") from err
         states[name] = dequantize_state(stored)
     cvae, mdn, vgg = _build(manifest["cvae_config"], manifest["mdn_config"],
                             {**states["cond_encoder"], **states["decoder"]}, states["mdn"], states["vgg"])

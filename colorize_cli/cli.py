@@ -63,7 +63,8 @@ def _resolve_device(spec: str):
 @click.option("--samples", "-n", type=click.IntRange(1, 64), default=8, show_default=True,
               help="colorizations per photo: the N most probable mixture means; beyond 8, draws from the mixture")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
-              help="a training run folder (vae.pt, mdn.pt) or a bundle folder; default: the bundled model")
+              help="a bundled model's name (general, faces: `colorize models`) or a model folder (a training run "
+                   "or a bundle)  [default: general]")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="mirror the input tree under this folder (default: beside each input)")
 @click.option("--separate", is_flag=True, help="also write each sample as its own image")
@@ -88,10 +89,9 @@ def _resolve_device(spec: str):
                    "more steady throughput after 20-80 s; so for long runs (needs a C++ compiler; on CUDA, Triton)")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="on CUDA, replay the networks from CUDA graphs (same outputs, far fewer launches from Python)")
-@click.option("--int8", is_flag=True,
-              help="CPU only: VGG and the MDN as int8 convolutions (oneDNN; on an AMX CPU ~2x faster than bf16 "
-                   "there, outputs within the tolerance measured in the README); needs the model's int8.json "
-                   "(`colorize calibrate`; the bundled model has one)")
+@click.option("--int8/--no-int8", default=None,
+              help="CPU only: VGG and the MDN as int8 convolutions (oneDNN), with the model's int8.json  "
+                   "[default: on for CPUs with AMX or VNNI int8 units when the model has int8.json]")
 @click.option("--cpu-streams", type=click.IntRange(1), default=None,
               help="CPU: model batches run at once, each on its share of the cores (default: 2 with 2+ cores, "
                    "1 with --compile)")
@@ -107,10 +107,16 @@ def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch
     --output. Existing outputs are skipped, so reruns only do new photos. Exit code: 0 all done or skipped,
     1 some inputs failed, 2 usage error.
     """
+    from .registry import ModelNotFoundError, resolve_model
     from .runner import run_batch_command
 
     if not paths:
         raise click.UsageError("no PATH given (a photo, a folder, or - for paths on stdin)")
+    try:  # checked before any photo, so a bad --model is an error even when every photo is already done
+        model = resolve_model(model)
+    except ModelNotFoundError as err:
+        click.echo(f"colorize: error: {err}", err=True)
+        sys.exit(2)
     expanded = []
     for p in paths:
         if p == "-":
@@ -308,6 +314,42 @@ def _run_training(job) -> None:
     reporter.log(f"wrote {path}")
 
 
+# ------------------------------------------------------------------------------------------ models
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per model on stdout")
+def models_cmd(as_json):
+    """The bundled models: name, training data, metrics on held-out photos, size. Use one with --model NAME."""
+    import json
+
+    from .registry import list_models
+
+    infos = list_models()
+    if as_json:
+        for info in infos:
+            click.echo(json.dumps(info.to_json()))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="bundled models (--model NAME)")
+    for col in ("name", "trained on", "held-out metrics (error vs grey's: best of 8 / most probable)", "size"):
+        table.add_column(col)
+    for info in infos:
+        metrics = "\n".join(f"{test}: {m['best_vs_grey']:.2f}x / {m['top1_vs_grey']:.2f}x"
+                            for test, m in info.metrics.items() if isinstance(m, dict) and "best_vs_grey" in m)
+        table.add_row(info.name + (" (default)" if info.default else ""), info.data, metrics or "-",
+                      f"{info.size_bytes / 2**20:.0f} MiB")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)
+    console.print(table)
+    if not infos:
+        click.echo("colorize: no bundled models in this installation", err=True)
+        sys.exit(1)
+
+
 # ------------------------------------------------------------------------------------------ evaluation
 
 
@@ -315,31 +357,39 @@ def _run_training(job) -> None:
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False),
               help="file of image paths relative to DATA (default: walk DATA)")
-@click.option("--model", type=click.Path(path_type=Path), default=None, help="default: the bundled model")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="a bundled model's name or a model folder  [default: general]")
 @click.option("--samples", "-n", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="only the first N images")
 @_device_option
 @click.option("--bf16/--no-bf16", default=None, help="bf16 autocast (default: as for colorizing)")
-@click.option("--int8", is_flag=True, help="VGG and the MDN in int8 on the CPU, as for colorizing")
+@click.option("--int8/--no-int8", default=False, show_default=True,
+              help="VGG and the MDN in int8 on the CPU (evaluate measures one setting at a time)")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write a tiled sheet of the first test images here (samples | grey | truth)")
+@click.option("--vae", "vae_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="the model's stage-1 checkpoint (vae.pt), for the CVAE oracle (default: MODEL/vae.pt when "
+                   "MODEL is a training run; bundles do not carry the colour encoder)")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON on stdout")
-def evaluate_cmd(data, list_file, model, samples, limit, device, bf16, int8, batch_size, seed, sheet, as_json):
-    """Metrics on held-out colour photos: error-of-best, diversity, PSNR, colourfulness, with baselines."""
+def evaluate_cmd(data, list_file, model, samples, limit, device, bf16, int8, batch_size, seed, sheet, vae_path,
+                 as_json):
+    """Metrics on held-out colour photos: error-of-best, diversity, PSNR, colourfulness, red wash, with
+    baselines (grey, the CVAE from N(0, I), and the CVAE oracle where the colour encoder is at hand)."""
     import json
 
     from .colorizer import Colorizer
     from .evaluate import evaluate
 
     dev = _resolve_device(device)
-    colorizer, rel = _model_and_images(lambda: Colorizer.load(model, dev, _bf16_default(bf16, dev), int8=int8),
-                                       data, list_file, limit)
+    colorizer, rel = _model_and_images(lambda: Colorizer.load(model, dev, _bf16_default(bf16, dev),
+                                                              int8=int8), data, list_file, limit)
+    encoder = _colour_encoder(vae_path, model, dev)
     reporter = _RichReporter()
     bar = reporter.progress(len(rel), "evaluating") if not as_json else None
     result = evaluate(colorizer, data, rel, samples, batch_size, seed, sheet,
-                      progress=(lambda n: bar.advance(n)) if bar else None)
+                      progress=(lambda n: bar.advance(n)) if bar else None, colour_encoder=encoder)
     if bar:
         bar.close()
     for line in result.skipped:
@@ -349,6 +399,22 @@ def evaluate_cmd(data, list_file, model, samples, limit, device, bf16, int8, bat
     else:
         _print_evaluation(result)
     sys.exit(0 if result.images else 1)
+
+
+def _colour_encoder(vae_path, model, dev):
+    """The CVAE's colour encoder for evaluate's oracle: from --vae, or MODEL/vae.pt of a run; else None."""
+    from .checkpoint import CheckpointError
+    from .train import load_vae
+
+    if vae_path is None and model is not None and Path(model, "vae.pt").is_file():
+        vae_path = Path(model, "vae.pt")
+    if vae_path is None:
+        return None
+    try:
+        return load_vae(vae_path, dev).encoder.eval()
+    except CheckpointError as err:
+        click.echo(f"colorize: error: {err}", err=True)
+        sys.exit(2)
 
 
 def _model_and_images(load, data: Path, list_file, limit):
@@ -375,19 +441,27 @@ def _print_evaluation(result) -> None:
 
     table = Table(title=f"{result.images} images, {result.samples} samples each (ab in the seed's units, 64x64)")
     cols = [("best", "error-of-best"), ("top1", "top-1 error"), ("mean", "mean error"),
-            ("diversity", "diversity"), ("psnr_best", "PSNR best (dB)"), ("colourfulness", "colourfulness")]
+            ("diversity", "diversity"), ("psnr_best", "PSNR best (dB)"), ("colourfulness", "colourfulness"),
+            ("wash", "red wash")]
     table.add_column("method")
     for _, title in cols:
         table.add_column(title, justify="right")
     for key, name in METHOD_NAMES.items():
+        if key not in result.methods:
+            continue
         m = result.methods[key]
-        table.add_row(name, *(f"{m[k]:.4f}" if k not in ("psnr_best", "colourfulness") else f"{m[k]:.2f}"
+        table.add_row(name, *(f"{m[k]:.2f}" if k in ("psnr_best", "colourfulness") else f"{m[k]:.4f}"
                               for k, _ in cols))
-    table.add_row("ground truth", "", "", "", "", "", f"{result.truth_colourfulness:.2f}")
+    table.add_row("ground truth", "", "", "", "", "", f"{result.truth_colourfulness:.2f}", f"{result.truth_wash:.4f}")
     console = Console()  # the table is the result: stdout
     if not console.is_terminal:
-        console = Console(width=150)
+        console = Console(width=160)
     console.print(table)
+    ratios = result.ratios()
+    if ratios:
+        console.print(f"error-of-best {ratios['best_vs_grey']:.3f}x grey, top-1 {ratios['top1_vs_grey']:.3f}x grey; "
+                      f"sample 1 colourfulness {result.methods['top1']['colourfulness']:.1f} "
+                      f"(truth {result.truth_colourfulness:.1f})")
 
 
 @main.command("calibrate")
@@ -406,9 +480,9 @@ def _print_evaluation(result) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
     """Measure the activation ranges that --int8 needs, on photos like the ones to colorize (CPU, fp32)."""
-    from .bundle import default_bundle_path
     from .colorizer import Colorizer
     from .int8 import DEFAULT_PERCENTILE, calibrate_photos, calibration_path
+    from .registry import resolve_model
 
     colorizer, rel = _model_and_images(lambda: Colorizer.load(model, "cpu", bf16=False, cpu_streams=1),
                                        data, list_file, None)
@@ -424,7 +498,7 @@ def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
     if calibration is None:
         click.echo("colorize: error: no readable photos to calibrate on", err=True)
         sys.exit(1)
-    target = out or calibration_path(model or default_bundle_path())
+    target = out or calibration_path(resolve_model(model))
     try:
         calibration.save(target)
     except OSError as err:

@@ -27,14 +27,12 @@ from .vgg import GreyVGGFeatures
 if TYPE_CHECKING:
     from .int8 import Int8Calibration
 
+from .registry import ModelNotFoundError  # noqa: F401  (re-exported: callers catch it from here)
+
 #: B images of one size: a (B, H, W) array or a sequence of B (H, W) arrays
 ImageBatch = Union[np.ndarray, Sequence[np.ndarray]]
 #: the MDN loss's fixed isotropic sigma (distance scale 50 = 1 / (2 * 0.1^2)); used to draw beyond the means
 MIXTURE_SIGMA = 0.1
-
-
-class ModelNotFoundError(FileNotFoundError):
-    pass
 
 
 class InferenceCVAE(torch.nn.Module):
@@ -163,22 +161,16 @@ class Colorizer:
     def load(cls, model: str | os.PathLike | None = None, device: torch.device | str = "cpu",
              bf16: bool = False, compile_backend: str | None = None, cuda_graphs: bool | None = None,
              int8: bool = False, cpu_streams: int | None = None) -> "Colorizer":
-        """From a training run folder (vae.pt + mdn.pt), a bundle file, or the bundled default.
+        """From a bundled model's name (``general``, the default, or ``faces``), a training run folder
+        (vae.pt + mdn.pt) or a bundle folder.
 
         ``int8``: VGG + MDN in int8 on the CPU, with the activation ranges in the model folder's int8.json
         (``colorize calibrate``)."""
-        from .bundle import default_bundle_path, load_run
+        from .bundle import load_run
+        from .registry import resolve_model
 
         device = torch.device(device)
-        path = Path(model) if model is not None else default_bundle_path()
-        if path is None or not path.exists():
-            if model is None:
-                raise ModelNotFoundError(
-                    "no bundled model in this installation: train one with `colorize train vae DATA --out RUN` "
-                    "and `colorize train mdn DATA --out RUN`, then pass --model RUN")
-            raise ModelNotFoundError(f"model not found: {path}")
-        if not path.is_dir():
-            raise ModelNotFoundError(f"--model must be a folder (a training run or a bundle): {path}")
+        path = resolve_model(model)
         calibration = None
         if int8:
             from .int8 import Int8Calibration, Int8Error, calibration_path

@@ -38,6 +38,17 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def cpu_has_fast_int8() -> bool:
+    """True where oneDNN's u8 x s8 convolutions run on AMX or VNNI units (on plain AVX2 they are no faster
+    than fp32 and accumulate pairs in int16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("amx_int8", "avx512_vnni", "avx_vnni"))
+
+
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on the device when asked, else a no-op context."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .color import normalize_u8
+from .color import AB_SCALE, normalize_u8
 from .colorizer import Colorizer, image_seed
 from .data import list_images, model_views
 from .imageio import ImageReadError, read_image
@@ -45,6 +45,18 @@ def colourfulness(bgr: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
+#: a sample "washes" red when its bottom quarter's mean a* exceeds the rest's by more than this (CIE a* units)
+WASH_A_LEVELS = 8.0
+
+
+def washed(ab: np.ndarray) -> np.ndarray:
+    """ab (..., 2, H, W) normalised -> bool (...): the bottom quarter redder than the rest by > 8 a* levels
+    (LFW-trained models learned shoulders and clothes there and painted them onto every photo)."""
+    a = ab[..., 0, :, :] * AB_SCALE
+    q = a.shape[-2] - a.shape[-2] // 4
+    return (a[..., q:, :].mean((-2, -1)) - a[..., :q, :].mean((-2, -1))) > WASH_A_LEVELS
+
+
 @dataclass
 class MethodStats:
     """Per-image metric lists for one method."""
@@ -55,6 +67,7 @@ class MethodStats:
     diversity: list[float] = field(default_factory=list)
     psnr_best: list[float] = field(default_factory=list)
     colourfulness: list[float] = field(default_factory=list)
+    wash: list[float] = field(default_factory=list)  # per image: share of its samples that wash red
 
     def add(self, samples: np.ndarray, truth_ab: np.ndarray, l_full: np.ndarray, truth_bgr: np.ndarray) -> None:
         errors = ab_distance(samples, truth_ab)
@@ -65,6 +78,7 @@ class MethodStats:
         outs = [merge(l_full, s) for s in samples]
         self.psnr_best.append(max(psnr(o, truth_bgr) for o in outs))
         self.colourfulness.append(float(np.mean([colourfulness(o) for o in outs])))
+        self.wash.append(float(washed(samples).mean()))
 
     def summary(self) -> dict:
         return {k: float(np.mean(v)) for k, v in vars(self).items() if v}
@@ -77,27 +91,46 @@ class EvaluationResult:
     methods: dict[str, dict]
     truth_colourfulness: float
     skipped: list[str]
+    truth_wash: float = float("nan")  # share of the true colour fields that "wash" (see washed)
 
     def to_json(self) -> dict:
         return {"images": self.images, "samples": self.samples, "methods": self.methods,
-                "truth_colourfulness": self.truth_colourfulness, "skipped": self.skipped}
+                "truth_colourfulness": self.truth_colourfulness, "truth_wash": self.truth_wash,
+                "skipped": self.skipped}
+
+    def ratios(self) -> dict:
+        """Error-of-best and top-1 of the MDN as multiples of the grey baseline's error."""
+        grey = self.methods.get("grey", {}).get("best")
+        mdn = self.methods.get("mdn", {})
+        if not grey or not mdn:
+            return {}
+        return {"best_vs_grey": mdn["best"] / grey, "top1_vs_grey": mdn["top1"] / grey}
 
 
 METHOD_NAMES = {
     "mdn": "MDN means (ours)",
     "top1": "most probable only",
     "cvae_normal": "CVAE, z ~ N(0, I)",
+    "oracle": "CVAE oracle (true colours' z)",
     "grey": "grey (ab = 0)",
 }
 
 
 def evaluate(colorizer: Colorizer, root: str | os.PathLike, rel_paths: list[str], samples: int = 8,
              batch_size: int = 32, seed: int = 0, sheet_path: str | os.PathLike | None = None,
-             sheet_images: int = 8, progress: Callable[[int], None] | None = None) -> EvaluationResult:
-    """Colorize each held-out image from its L alone and score it against its own colours."""
+             sheet_images: int = 8, progress: Callable[[int], None] | None = None,
+             colour_encoder: torch.nn.Module | None = None) -> EvaluationResult:
+    """Colorize each held-out image from its L alone and score it against its own colours.
+
+    ``colour_encoder`` (the CVAE's encoder of the same model, ab (B, 2, 64, 64) -> mu, logvar): adds the
+    oracle, each photo decoded from the posterior mean of its own true colours — the best any MDN could
+    pick from this CVAE, so the gap to it is what the MDN loses.
+    """
     root = Path(root)
-    stats = {name: MethodStats() for name in ("mdn", "top1", "cvae_normal", "grey")}
+    names = ("mdn", "top1", "cvae_normal") + (("oracle",) if colour_encoder is not None else ()) + ("grey",)
+    stats = {name: MethodStats() for name in names}
     truth_colour: list[float] = []
+    truth_wash: list[float] = []
     skipped: list[str] = []
     sheet_rows: list[tuple] = []
     gen = torch.Generator().manual_seed(seed)
@@ -118,11 +151,20 @@ def evaluate(colorizer: Colorizer, root: str | os.PathLike, rel_paths: list[str]
         preds = colorizer.predict(l64, l224, samples, [image_seed(seed, b[0]) for b in batch])
         z = torch.randn(len(batch), samples, colorizer.cvae.cfg.latent, generator=gen)
         normal_ab = colorizer.decode(z, l64).cpu().numpy()
-        for (rel, bgr, l_full, lab64, _), pred, normal in zip(batch, preds, normal_ab):
-            truth_ab = np.moveaxis(normalize_u8(lab64[..., 1:]), -1, 0)       # (2, 64, 64)
+        truths = np.stack([np.moveaxis(normalize_u8(b[3][..., 1:]), -1, 0) for b in batch])  # (B, 2, 64, 64)
+        oracle_ab = [None] * len(batch)
+        if colour_encoder is not None:
+            with torch.no_grad():
+                mu, _ = colour_encoder(torch.from_numpy(truths).to(colorizer.device))
+            oracle_ab = colorizer.decode(mu.float()[:, None], l64).cpu().numpy()        # (B, 1, 2, 64, 64)
+        for (rel, bgr, l_full, lab64, _), pred, normal, truth_ab, oracle in zip(batch, preds, normal_ab, truths,
+                                                                                 oracle_ab):
             stats["mdn"].add(pred.ab, truth_ab, l_full, bgr)
             stats["top1"].add(pred.ab[:1], truth_ab, l_full, bgr)
             stats["cvae_normal"].add(normal, truth_ab, l_full, bgr)
+            if oracle is not None:
+                stats["oracle"].add(oracle, truth_ab, l_full, bgr)
+            truth_wash.append(float(washed(truth_ab)))
             grey = np.full((1,) + truth_ab.shape, normalize_u8(np.uint8(128)), np.float32)
             stats["grey"].add(grey, truth_ab, l_full, bgr)
             truth_colour.append(colourfulness(bgr))
@@ -138,7 +180,8 @@ def evaluate(colorizer: Colorizer, root: str | os.PathLike, rel_paths: list[str]
         write_atomic(sheet_path, encode_image(img, "png"))
     methods = {name: s.summary() for name, s in stats.items()}
     return EvaluationResult(len(truth_colour), samples, methods,
-                            float(np.mean(truth_colour)) if truth_colour else float("nan"), skipped)
+                            float(np.mean(truth_colour)) if truth_colour else float("nan"), skipped,
+                            float(np.mean(truth_wash)) if truth_wash else float("nan"))
 
 
 def evaluation_list(root: str | os.PathLike, list_file: str | None, limit: int | None) -> list[str]:

@@ -23,7 +23,7 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
                       fmt: str, quality: int | None, device_spec: str, batch_size: int | None, seed: int,
                       overwrite: bool, recursive: bool, bf16: bool | None, workers: int | None, as_json: bool,
                       merge_on: str = "auto", compile_networks: bool = False, cuda_graphs: bool = True,
-                      int8: bool = False, cpu_streams: int | None = None, quiet: bool, debug: bool) -> int:
+                      int8: bool | None = False, cpu_streams: int | None = None, quiet: bool, debug: bool) -> int:
     from .batch import BatchOptions, run_paths
 
     opts = BatchOptions(samples=samples, output_dir=output, separate=separate, fmt=fmt, quality=quality,
@@ -41,9 +41,10 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
         except DeviceError as err:
             raise _UsageFailure(str(err)) from err
         use_bf16 = bf16 if bf16 is not None else (device.type == "cuda" or cpu_has_fast_bf16())
+        use_int8 = int8 if int8 is not None else (default_int8(device, model) and not compile_networks)
         try:
             colorizer = Colorizer.load(model, device, use_bf16, COMPILE_BACKEND if compile_networks else None,
-                                       cuda_graphs and device.type == "cuda", int8, cpu_streams)
+                                       cuda_graphs and device.type == "cuda", use_int8, cpu_streams)
         except (FileNotFoundError, RuntimeError, ValueError) as err:
             if debug:
                 traceback.print_exc()
@@ -128,6 +129,21 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
 
 class _UsageFailure(Exception):
     pass
+
+
+def default_int8(device, model) -> bool:
+    """--int8 when not given: on a CPU whose oneDNN int8 is fast (AMX or VNNI), for a model that ships its
+    activation ranges (int8.json). The caller leaves it off under --compile, which compiles the float networks."""
+    from .device import cpu_has_fast_int8
+    from .int8 import calibration_path
+    from .registry import resolve_model
+
+    if device.type != "cpu" or not cpu_has_fast_int8():
+        return False
+    try:
+        return calibration_path(resolve_model(model)).is_file()
+    except FileNotFoundError:
+        return False
 
 
 def _summary(console, counts: dict, ignored: int, elapsed: float, silent: bool) -> None:

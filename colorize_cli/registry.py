@@ -1,0 +1,84 @@
+"""Bundled models by name: ``general`` (the default: scenes, streets, groups) and ``faces`` (LFW portraits).
+
+``--model`` takes one of these names or a model folder (a bundle or a training run). Each bundled model is a
+bundle folder under the package's ``weights/``; they share one ``vgg.pt`` (the same ImageNet VGG16), named in
+their manifests' ``part_files``. The model card facts (training data, metrics) live in each manifest's
+``card``, so ``colorize models`` and the docs read one source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+BUNDLED = ("general", "faces")
+DEFAULT_MODEL = "general"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+def weights_root() -> Path:
+    return Path(str(resources.files("colorize_cli").joinpath("weights")))
+
+
+def bundled_path(name: str) -> Path | None:
+    """The folder of bundled model ``name``, if this installation has it."""
+    folder = weights_root() / name
+    return folder if (folder / "manifest.json").is_file() else None
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """A --model value -> a model folder. Names of bundled models win over same-named folders in the working
+    directory (write ``./faces`` for the folder)."""
+    if model is None:
+        model = DEFAULT_MODEL
+    text = os.fspath(model)
+    if text in BUNDLED:
+        path = bundled_path(text)
+        if path is None:
+            raise ModelNotFoundError(f"bundled model {text!r} is not in this installation")
+        return path
+    path = Path(text)
+    if not path.exists():
+        raise ModelNotFoundError(f"unknown model {text!r}: not a bundled model ({', '.join(BUNDLED)}) "
+                                 f"nor a model folder")
+    if not path.is_dir():
+        raise ModelNotFoundError(f"--model must be a bundled model's name or a folder (a training run or a "
+                                 f"bundle): {path}")
+    return path
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    path: Path
+    data: str
+    metrics: dict
+    size_bytes: int
+    default: bool
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "data": self.data, "metrics": self.metrics,
+                "size_bytes": self.size_bytes, "default": self.default}
+
+
+def model_info(name: str) -> ModelInfo | None:
+    from .bundle import PARTS, part_path
+
+    folder = bundled_path(name)
+    if folder is None:
+        return None
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    card = manifest.get("card", {}) if isinstance(manifest.get("card"), dict) else {}
+    size = sum(part_path(folder, manifest, part).stat().st_size for part in PARTS)
+    return ModelInfo(name, folder, str(card.get("data", "")), dict(card.get("metrics", {})), size,
+                     name == DEFAULT_MODEL)
+
+
+def list_models() -> list[ModelInfo]:
+    return [info for info in (model_info(n) for n in BUNDLED) if info is not None]
