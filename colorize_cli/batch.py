@@ -116,25 +116,44 @@ def discover(paths: Iterable[str], recursive: bool = True) -> Discovery:
                     if full.is_file():
                         add(full, full.relative_to(path))
         elif path.exists():
-            add(path, Path(path.name))
+            add(path, Path(path.name))   # not a regular file: read_image says so, for this input alone
         else:
             found.missing.append(raw)
     return found
+
+
+#: the longest file name most file systems take (bytes)
+NAME_MAX = 255
+
+
+def _fit_stem(stem: str, longest_suffix: str) -> str:
+    """``stem`` itself when ``stem + longest_suffix`` fits in NAME_MAX bytes, else its head and a hash of the
+    whole stem (``head~1a2b3c4d``), so an over-long input name still gets its own output."""
+    if len(os.fsencode(stem + longest_suffix)) <= NAME_MAX:
+        return stem
+    import hashlib
+
+    tag = "~" + hashlib.sha1(os.fsencode(stem)).hexdigest()[:8]
+    room = NAME_MAX - len(os.fsencode(longest_suffix + tag))
+    head = os.fsencode(stem)[:room].decode("utf-8", "ignore")   # whole characters only
+    return head + tag
 
 
 def plan_outputs(items: list[InputItem], opts: BatchOptions) -> None:
     """Name each input's outputs: ``photo.colorized.png`` and ``photo.colorized-1.png`` ...
 
     Two inputs that would share a name (``a.jpg`` and ``a.png``) keep their extension in it
-    (``a.png.colorized.png``), decided in the sorted input order, so a rerun names things the same.
+    (``a.png.colorized.png``), decided in the sorted input order, so a rerun names things the same. A name
+    that would pass 255 bytes is shortened, with a hash of the full name in it.
     """
     ext = "." + opts.fmt
+    longest = f"{OUTPUT_TAG}-{opts.samples}{ext}" if opts.separate else f"{OUTPUT_TAG}{ext}"
     claimed: set[Path] = set()
     for item in items:
         folder = (opts.output_dir / item.rel.parent) if opts.output_dir is not None else item.path.parent
-        stem = item.path.stem
+        stem = _fit_stem(item.path.stem, longest)
         if (folder / f"{stem}{OUTPUT_TAG}{ext}").absolute() in claimed:
-            stem = item.path.name
+            stem = _fit_stem(item.path.name, longest)
         item.sheet = folder / f"{stem}{OUTPUT_TAG}{ext}"
         claimed.add(item.sheet.absolute())
         item.singles = ([folder / f"{stem}{OUTPUT_TAG}-{i}{ext}" for i in range(1, opts.samples + 1)]
@@ -213,7 +232,10 @@ def _write(dec: _Decoded, pred: Prediction, opts: BatchOptions) -> ItemResult:
 
 
 def _is_done(item: InputItem) -> bool:
-    return all(p.is_file() for p in _all_outputs(item))
+    try:
+        return all(p.is_file() for p in _all_outputs(item))
+    except OSError:   # an unreachable output folder: not done; writing will say why, for this input alone
+        return False
 
 
 def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOptions) -> Iterator[ItemResult]:

@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from .atomic import atomic_write
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError, load_error_reason, read_checkpoint
 from .int8 import CALIBRATION_FILE, Int8Calibration
 from .models import MDN, CVAEConfig, MDNConfig
 from .vgg import build_vgg
@@ -129,18 +129,26 @@ def load_bundle(folder: str | os.PathLike):
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read bundle manifest in {folder}: {err}") from err
-    if manifest.get("format") != BUNDLE_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{folder} is not a colorize bundle")
+    if not isinstance(manifest.get("cvae_config"), dict) or not isinstance(manifest.get("mdn_config"), dict):
+        raise CheckpointError(f"{folder / 'manifest.json'}: no cvae_config / mdn_config objects")
     states = {}
     for name in PARTS:
         path = part_path(folder, manifest, name)
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a bad file; name the file and the reason
-            raise CheckpointError(f"cannot read {path}: {err}") from err
+            raise CheckpointError(f"cannot read {path}: {load_error_reason(err)}") from err
+        if not isinstance(stored, dict):
+            raise CheckpointError(f"{path} holds no tensor dictionary")
         states[name] = dequantize_state(stored)
-    cvae, mdn, vgg = _build(manifest["cvae_config"], manifest["mdn_config"],
-                            {**states["cond_encoder"], **states["decoder"]}, states["mdn"], states["vgg"])
+    try:
+        cvae, mdn, vgg = _build(manifest["cvae_config"], manifest["mdn_config"],
+                                {**states["cond_encoder"], **states["decoder"]}, states["mdn"], states["vgg"])
+    except (TypeError, KeyError, RuntimeError, ValueError) as err:   # configs or tensors of the wrong shape
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(f"{folder}: weights do not fit the manifest's models ({first})") from err
     return cvae, mdn, vgg, {"source": str(folder), **manifest}
 
 

@@ -18,6 +18,16 @@ class CheckpointError(RuntimeError):
     pass
 
 
+def load_error_reason(err: Exception) -> str:
+    """One short line for a failed ``torch.load(weights_only=True)``: torch's own message runs to several
+    lines and advises turning weights_only off, which would let the file run code; never pass that on."""
+    text = str(err)
+    if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
+        return "it holds objects other than tensors (refused: loading a model never runs code from it)"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"not a readable weights file ({first[:200]})"
+
+
 def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict) -> None:
     """Write {'format', 'format_version', 'package_version', 'kind', **payload} atomically."""
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
@@ -34,7 +44,7 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle/zip errors come in many types; report them as one
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+        raise CheckpointError(f"cannot read checkpoint {path}: {load_error_reason(err)}") from err
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a colorize checkpoint")
     if record.get("format_version", 0) > FORMAT_VERSION:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -95,12 +96,14 @@ def _resolve_device(spec: str):
 @click.option("--cpu-streams", type=click.IntRange(1), default=None,
               help="CPU: model batches run at once, each on its share of the cores (default: 2 with 2+ cores, "
                    "1 with --compile)")
+@click.option("--null", "-0", "null", is_flag=True,
+              help="paths on stdin (-) end with NUL, not newline (find -print0, as xargs -0)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
 @click.option("--quiet", "-q", is_flag=True, help="only errors on stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch_size, seed, overwrite,
-            recursive, bf16, workers, merge_on, compile_networks, cuda_graphs, int8, cpu_streams, as_json, quiet,
-            debug):
+            recursive, bf16, workers, merge_on, compile_networks, cuda_graphs, int8, cpu_streams, null, as_json,
+            quiet, debug):
     """Colorize photos: files and folders (walked recursively); ``-`` reads paths from stdin.
 
     Writes PHOTO.colorized.png (a sheet of the samples, most probable first) beside each input, or under
@@ -120,7 +123,7 @@ def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch
     expanded = []
     for p in paths:
         if p == "-":
-            expanded.extend(line.rstrip("\r\n") for line in sys.stdin if line.strip())
+            expanded.extend(_stdin_paths(null))
         else:
             expanded.append(p)
     code = run_batch_command(expanded, samples=samples, model=model, output=output, separate=separate, fmt=fmt,
@@ -130,6 +133,17 @@ def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch
                              cpu_streams=cpu_streams,
                              as_json=as_json, quiet=quiet, debug=debug)
     sys.exit(code)
+
+
+def _stdin_paths(null: bool) -> list[str]:
+    """Paths from stdin: one per line, or NUL-terminated with -0 (names may then hold newlines). Bytes that
+    are not UTF-8 come through as the file system's own (os.fsdecode)."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    if null:
+        parts = data.split(b"\0")
+    else:
+        parts = [ln.rstrip(b"\r") for ln in data.split(b"\n")]
+    return [os.fsdecode(p) for p in parts if p.strip()]
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -17,6 +18,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", 
                               ".jp2", ".pbm", ".pgm", ".ppm", ".pnm"})
 #: refuse to decode more pixels than this (a decompression bomb, or a scan too big for memory)
 MAX_PIXELS = 200_000_000
+#: the most bytes read from one input file (a 200-megapixel 16-bit TIFF, uncompressed, is 1.2 GB)
+MAX_FILE_BYTES = 2 << 30
 
 
 class ImageReadError(Exception):
@@ -211,7 +214,18 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     """Read and decode an image file. Raises ImageReadError with a short reason."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        # only regular files, opened without blocking (a FIFO would wait forever for a writer) and read no
+        # further than MAX_FILE_BYTES (a link to /dev/zero would never end)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ImageReadError("not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageReadError(f"file too large (over {MAX_FILE_BYTES >> 20} MiB)")
     except IsADirectoryError as err:
         raise ImageReadError("is a directory") from err
     except PermissionError as err:

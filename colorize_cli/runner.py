@@ -67,9 +67,9 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
 
     found, results = run_paths(paths, load_colorizer, opts, recursive)
     for missing in found.missing:
-        _err(f"no such file or folder: {missing}")
-    if found.missing:
-        return EXIT_USAGE
+        _err(f"error: {_printable(missing)}: no such file or folder")
+    if found.missing and not found.items:
+        return EXIT_USAGE   # nothing given exists: a usage error; otherwise the rest is done, exit 1
 
     console = None
     if not quiet and not as_json:
@@ -99,12 +99,13 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
                 click.echo(json.dumps(result.to_json()))
                 sys.stdout.flush()
             if result.status == "failed":
-                line = f"{result.input}: {result.error}"
+                line = f"{_printable(result.input)}: {result.error}"
                 (progress.console.print(f"[red]error[/red] {line}", highlight=False) if interactive
                  else _err(f"error: {line}"))
             elif not quiet and not as_json and not interactive:
                 verb = "colorized" if result.status == "done" else "skipped (exists)"
-                click.echo(f"{verb} {result.input} -> {result.outputs[-1] if result.outputs else ''}", err=True)
+                click.echo(f"{verb} {_printable(result.input)} -> "
+                           f"{_printable(result.outputs[-1]) if result.outputs else ''}", err=True)
             if interactive:
                 elapsed = time.perf_counter() - t0
                 rate = f"{counts['done'] / elapsed:.1f}" if elapsed > 0 and counts["done"] else "-"
@@ -124,7 +125,12 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
             progress.stop()
     elapsed = time.perf_counter() - t0
     _summary(console, counts, found.ignored, elapsed, quiet or as_json)
-    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+    return EXIT_SOME_FAILED if counts["failed"] or found.missing else EXIT_OK
+
+
+def _printable(name: str) -> str:
+    """A path for a one-line message: control characters (a newline in a file name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 class _UsageFailure(Exception):

@@ -1,0 +1,131 @@
+"""Hostile inputs (issue 14): each gets one line naming it, the batch goes on, exit codes mean something.
+The corpus is built at test time; nothing here is a committed binary."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from colorize_cli.cli import main
+from conftest import REPO, synthetic_photo
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def _photo(path: Path, seed: int = 0) -> Path:
+    cv2.imwrite(str(path), synthetic_photo(np.random.default_rng(seed), 40, 48))
+    return path
+
+
+def _lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def test_over_long_name_gets_a_shortened_output_and_the_batch_goes_on(tmp_path, tiny_run):
+    long_stem = "é" * 120 + "x" * 10           # 250 bytes: the input fits, its output name would not
+    _photo(tmp_path / f"{long_stem}.jpg")
+    _photo(tmp_path / "zz-after.jpg", 1)
+    result = invoke(tmp_path, "--model", tiny_run, "--samples", "2", "--separate", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    objs = [json.loads(ln) for ln in result.stdout.splitlines()]
+    assert [o["status"] for o in objs] == ["done", "done"]
+    outs = [Path(p) for o in objs if "é" in o["input"] for p in o["outputs"]]
+    assert len(outs) == 3
+    assert all(len(os.fsencode(p.name)) <= 255 and "~" in p.name for p in outs)
+    assert all(cv2.imread(str(p)) is not None for p in outs)
+    again = invoke(tmp_path, "--model", tiny_run, "--samples", "2", "--separate", "--device", "cpu", "--json")
+    assert [json.loads(ln)["status"] for ln in again.stdout.splitlines()] == ["skipped", "skipped"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifo_and_device_links_are_not_read(tmp_path, tiny_run):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    good = _photo(tmp_path / "good.jpg")
+    args = [tmp_path / "pipe.jpg", tmp_path / "zero.jpg", good, "--model", tiny_run, "--samples", "1",
+            "--device", "cpu", "--json"]
+    # a subprocess with a deadline: a regression would hang on the FIFO or fill memory from /dev/zero
+    proc = subprocess.run([sys.executable, "-m", "colorize_cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr
+    by_name = {Path(o["input"]).name: o for o in map(json.loads, proc.stdout.splitlines())}
+    assert by_name["pipe.jpg"]["error"] == "not a regular file"
+    assert by_name["zero.jpg"]["error"] == "not a regular file"
+    assert by_name["good.jpg"]["status"] == "done"
+    errors = _lines(proc.stderr)
+    assert len(errors) == 2 and all("not a regular file" in e for e in errors)
+
+
+def test_missing_paths_are_one_line_each_and_the_rest_is_done(tmp_path, tiny_run):
+    good = _photo(tmp_path / "good.jpg")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    listing = f"{tmp_path / 'stale.jpg'}\n{tmp_path / 'dangling.jpg'}\n{good}\n"
+    result = invoke("-", "--model", tiny_run, "--samples", "1", "--device", "cpu", input=listing)
+    assert result.exit_code == 1, result.output
+    errors = [ln for ln in _lines(result.output) if "no such file" in ln]
+    assert len(errors) == 2 and any("stale.jpg" in e for e in errors) and any("dangling.jpg" in e for e in errors)
+    assert (tmp_path / "good.colorized.png").is_file()
+    # nothing given exists: a usage error
+    assert invoke(tmp_path / "nothing-here", "--model", tiny_run).exit_code == 2
+
+
+def test_null_separated_paths_with_a_newline_in_a_name(tmp_path, tiny_run):
+    odd = _photo(tmp_path / "two\nlines.jpg")
+    plain = _photo(tmp_path / "plain.jpg", 1)
+    result = invoke("-0", "-", "--model", tiny_run, "--samples", "1", "--device", "cpu",
+                    input=f"{odd}\0{plain}\0")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "two\nlines.colorized.png").is_file() and (tmp_path / "plain.colorized.png").is_file()
+    # the log line escapes the newline: one line per input
+    log = [ln for ln in _lines(result.output) if ln.startswith("colorized ")]
+    assert len(log) == 2 and any("two\\nlines.jpg" in ln for ln in log)
+
+
+def test_bad_model_folders_are_one_line_and_exit_2(tmp_path, tiny_run):
+    photo_dir = tmp_path / "photos"
+    photo_dir.mkdir()
+    _photo(photo_dir / "a.jpg")
+    # every photo already done: a bad --model or --device is still an error
+    assert invoke(photo_dir, "--model", tiny_run, "--samples", "1", "--device", "cpu").exit_code == 0
+    for bad in (tmp_path / "no-such-model", "nonsense-name"):
+        r = invoke(photo_dir, "--model", bad, "--samples", "1", "--device", "cpu")
+        assert r.exit_code == 2 and len(_lines(r.output)) == 1, r.output
+
+    from colorize_cli.bundle import export_bundle
+
+    bundle = export_bundle(tiny_run, tmp_path / "bundle")
+    wrong_shape = tmp_path / "wrong-shape"
+    shutil.copytree(bundle, wrong_shape)
+    (wrong_shape / "manifest.json").write_text(json.dumps(["colorize-bundle"]))
+    shape2 = tmp_path / "wrong-config"
+    shutil.copytree(bundle, shape2)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["cvae_config"] = {"latent": "many"}
+    (shape2 / "manifest.json").write_text(json.dumps(manifest))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    evil = tmp_path / "evil"
+    shutil.copytree(bundle, evil)
+    torch.save({"x": Evil()}, evil / "mdn.pt")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(bundle, corrupt)
+    (corrupt / "decoder.pt").write_bytes(b"\x00" * 100)
+    for folder in (wrong_shape, shape2, evil, corrupt):
+        r = invoke(photo_dir, "--model", folder, "--samples", "1", "--device", "cpu", "--overwrite")
+        lines = _lines(r.output)
+        assert r.exit_code == 2 and len(lines) == 1, (folder.name, r.output)
+        assert "weights_only" not in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "pwned").exists()
