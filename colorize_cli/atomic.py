@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -20,12 +23,24 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+#: temporaries are named ``.colorize-<pid>-<random>.part``: the pid says which run owns one
+TEMP_PREFIX, TEMP_SUFFIX = ".colorize-", ".part"
+_TEMP_NAME = re.compile(r"^\.colorize-(?:(\d+)-)?[A-Za-z0-9_]+\.part$")
+#: temporaries of an older naming (no pid) are taken as abandoned after this long
+_UNOWNED_AGE_S = 3600
+
+_live: set[str] = set()          # this process's temporaries being written
+_live_lock = threading.Lock()
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a hidden temporary file beside ``path``; on success it replaces ``path``, on error it vanishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".colorize-", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=path.parent)
+    with _live_lock:
+        _live.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -37,3 +52,59 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        with _live_lock:
+            _live.discard(tmp)
+
+
+def remove_live_temporaries() -> int:
+    """Remove the temporaries this process is writing (on SIGTERM/SIGHUP/Ctrl-C, before exiting, while
+    writer threads may still hold them). Returns how many were removed."""
+    with _live_lock:
+        paths = list(_live)
+        _live.clear()
+    removed = 0
+    for tmp in paths:
+        try:
+            os.unlink(tmp)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Remove temporaries in ``folder`` that no live run owns: those of a pid that is gone (a run killed with
+    SIGKILL, or a machine that rebooted), and unowned ones of an older naming after an hour."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    now = time.time()
+    for name in names:
+        m = _TEMP_NAME.match(name)
+        if m is None:
+            continue
+        full = os.path.join(folder, name)
+        try:
+            if m.group(1) is not None:
+                if int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+                    continue
+            elif now - os.stat(full).st_mtime < _UNOWNED_AGE_S:
+                continue
+            os.unlink(full)
+            removed += 1
+        except OSError:
+            continue
+    return removed

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
+from .atomic import remove_stale_temporaries
 from .colorizer import Colorizer, Prediction, PreparedImage, image_seed, prepare
 from .imageio import (ImageReadError, encode_image, is_image_path, png_level, read_image, write_atomic,
                       write_png_streaming)
@@ -348,6 +349,8 @@ def run_paths(paths: Iterable[str], colorizer_factory: Callable[[], Colorizer], 
     """Discover and plan inputs, then return the result stream (the model is loaded only if needed)."""
     found = discover(paths, recursive)
     plan_outputs(found.items, opts)
+    for folder in sorted({it.sheet.parent for it in found.items}):
+        remove_stale_temporaries(folder)   # what killed runs left behind (a live run's are kept)
 
     def stream() -> Iterator[ItemResult]:
         # all done already (a cron rerun): no model to load. all() stops at the first input still to do

@@ -10,7 +10,6 @@ import time
 import zlib
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np

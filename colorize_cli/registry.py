@@ -41,7 +41,9 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     if text in BUNDLED:
         path = bundled_path(text)
         if path is None:
-            raise ModelNotFoundError(f"bundled model {text!r} is not in this installation")
+            raise ModelNotFoundError(
+                f"bundled model {text!r} is not in this installation: train one with `colorize train vae DATA "
+                f"--out RUN` and `colorize train mdn DATA --out RUN`, then pass --model RUN")
         return path
     path = Path(text)
     if not path.exists():

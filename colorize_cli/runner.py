@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 import traceback
@@ -65,6 +67,7 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
                 _err(f"compiled in {seconds:.0f} s")
         return colorizer
 
+    _end_like_ctrl_c_on((signal.SIGTERM, getattr(signal, "SIGHUP", None)))
     found, results = run_paths(paths, load_colorizer, opts, recursive)
     for missing in found.missing:
         _err(f"error: {_printable(missing)}: no such file or folder")
@@ -115,11 +118,18 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
             progress.stop()
         _err(f"error: {err}")
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if progress is not None:
             progress.stop()
-        _err("interrupted: finished outputs are kept; rerun to do the rest")
-        return 130
+        from .atomic import remove_live_temporaries
+
+        remove_live_temporaries()
+        signum = err.signum if isinstance(err, _Terminated) else signal.SIGINT
+        _err(f"interrupted ({signal.Signals(signum).name}): finished outputs are kept; rerun to do the rest")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # exit now: queued writes in the pool's threads would otherwise run to the end first
+        os._exit(128 + signum)
     finally:
         if progress is not None:
             progress.stop()
@@ -135,6 +145,26 @@ def _printable(name: str) -> str:
 
 class _UsageFailure(Exception):
     pass
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM / SIGHUP (timeout, systemd, cron's killers): ended like Ctrl-C, with exit 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _end_like_ctrl_c_on(signals) -> None:
+    def handler(signum, frame):
+        raise _Terminated(signum)
+
+    for sig in signals:
+        if sig is not None:
+            try:
+                signal.signal(sig, handler)
+            except ValueError:   # not the main thread (a library caller's worker): leave the signals alone
+                return
 
 
 def default_int8(device, model) -> bool:

@@ -17,7 +17,7 @@ from .augment import Augment
 from .color import LossWeighter, _grey_lut, count_prior, normalize_u8, zhang_prior
 from .data import ConcatCache, ImageCache, batch_indices, build_cache, list_images
 from .device import autocast
-from .losses import MDN_LOSSES, kl_loss, mdn_loss, recon_loss
+from .losses import kl_loss, mdn_loss, recon_loss
 from .models import CVAE, MDN, CVAEConfig, MDNConfig
 from .render import sample_sheet
 from .vgg import build_vgg, resolve_vgg_state

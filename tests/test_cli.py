@@ -130,9 +130,9 @@ def test_stdin_paths_and_usage_errors(photos, tiny_run):
 
 
 def test_without_any_model_says_how_to_train(photos, monkeypatch):
-    import colorize_cli.bundle as bundle
+    import colorize_cli.registry as registry
 
-    monkeypatch.setattr(bundle, "default_bundle_path", lambda: None)
+    monkeypatch.setattr(registry, "bundled_path", lambda name: None)
     result = invoke(photos / "nested", "--device", "cpu")
     assert result.exit_code == 2
     assert "colorize train vae" in result.stderr and len(result.stderr.strip().splitlines()) == 1

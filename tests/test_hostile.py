@@ -129,3 +129,44 @@ def test_bad_model_folders_are_one_line_and_exit_2(tmp_path, tiny_run):
         assert r.exit_code == 2 and len(lines) == 1, (folder.name, r.output)
         assert "weights_only" not in r.output and "Traceback" not in r.output
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_end_like_ctrl_c(tmp_path, tiny_run, sig):
+    import signal
+    import time
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(16):
+        cv2.imwrite(str(folder / f"p{i:02d}.png"), synthetic_photo(rng, 900, 700))
+    cmd = [sys.executable, "-m", "colorize_cli", str(folder), "--model", str(tiny_run), "--samples", "8",
+           "--device", "cpu", "--batch-size", "2", "--separate"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(folder.glob("*.colorized.png")):
+        time.sleep(0.02)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert f"interrupted ({sig})" in err
+    assert not list(folder.glob(".colorize-*")), "temporaries left behind"
+    for p in folder.glob("*.colorized*.png"):   # whatever has its final name is complete
+        assert cv2.imread(str(p)) is not None, p
+
+
+def test_a_later_run_removes_temporaries_no_live_run_owns(tmp_path, tiny_run):
+    import os as _os
+
+    _photo(tmp_path / "a.jpg")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".colorize-{dead.stdout.strip()}-abcd1234.part"      # its run is gone
+    stale.write_bytes(b"x" * 1000)
+    live = tmp_path / f".colorize-{_os.getpid()}-live0001.part"              # a live run's (this one's)
+    live.write_bytes(b"y")
+    other = tmp_path / ".colorize-notes.txt"                                   # not a temporary
+    other.write_text("keep")
+    result = invoke(tmp_path, "--model", tiny_run, "--samples", "1", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and live.exists() and other.exists()

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from colorize_cli.bundle import default_bundle_path
 from colorize_cli.cli import main
 from colorize_cli.colorizer import Colorizer
 from colorize_cli.int8 import (CALIBRATION_FILE, Int8Calibration, Int8Error, Int8Mixture, _pool_u8,
@@ -77,11 +76,14 @@ def test_int8_close_to_fp32_on_a_trained_run(tiny_run, synthetic_dataset):
         Int8Mixture(colorizer.vgg, colorizer.mdn, Int8Calibration((1.0,) * 5))
 
 
-def test_bundled_model_int8_close_to_fp32_on_real_photos(shared):
+@pytest.mark.parametrize("name", ["general", "faces"])
+def test_bundled_model_int8_close_to_fp32_on_real_photos(shared, name):
+    from colorize_cli.registry import bundled_path
+
     require(LFW_SPLITS / "test.txt")
-    bundle = default_bundle_path()
+    bundle = bundled_path(name)
     if bundle is None or not (bundle / CALIBRATION_FILE).is_file():
-        pytest.skip("no bundled model with an int8 calibration")
+        pytest.skip(f"no bundled model {name} with an int8 calibration")
     from colorize_cli.colorizer import prepare
     import cv2
 
@@ -89,8 +91,8 @@ def test_bundled_model_int8_close_to_fp32_on_real_photos(shared):
     imgs = [cv2.imread(str(SHARED / "data" / r)) for r in rels]
     preps = [prepare(img) for img in imgs]
     l64, l224 = np.stack([p.l64 for p in preps]), np.stack([p.l224 for p in preps])
-    exact = Colorizer.load(None, "cpu", bf16=False)
-    fast = Colorizer.load(None, "cpu", bf16=False, int8=True)
+    exact = Colorizer.load(name, "cpu", bf16=False)
+    fast = Colorizer.load(name, "cpu", bf16=False, int8=True)
     a = np.stack([p.ab for p in exact.predict(l64, l224, 8)])
     b = np.stack([p.ab for p in fast.predict(l64, l224, 8)])
     diff = np.abs(a - b)
