@@ -15,8 +15,8 @@ import numpy as np
 
 from .atomic import remove_stale_temporaries
 from .colorizer import Colorizer, Prediction, PreparedImage, image_seed, prepare
-from .imageio import (ImageReadError, encode_image, is_image_path, png_level, read_image, write_atomic,
-                      write_png_streaming)
+from .imageio import (MAX_PIXELS, ImageReadError, encode_image, is_image_path, png_level, read_image,
+                      write_atomic, write_png_streaming)
 from .render import sheet_cols, sheet_gap, sheet_shape, sheet_strips, sheet_tile
 
 OUTPUT_TAG = ".colorized"
@@ -51,6 +51,7 @@ class BatchOptions:
     seed: int = 0
     overwrite: bool = False
     workers: int = field(default_factory=lambda: max(os.cpu_count() or 1, 2))
+    max_pixels: int = MAX_PIXELS        # inputs larger than this (from their header) are refused
     device_sheets: bool | None = None   # merge sheets on the model's device; None: where it is a GPU
                                         # (either way only inputs up to DEVICE_SHEET_MAX_PIXELS)
 
@@ -174,14 +175,15 @@ class _Decoded:
     started: float
 
 
-def _decode(item: InputItem, overwrite: bool = True) -> _Decoded | ItemResult:
+def _decode(item: InputItem, overwrite: bool = True,
+            max_pixels: int = MAX_PIXELS) -> _Decoded | ItemResult:
     """Read and prepare one input in a worker thread (or skip it when its outputs exist and not ``overwrite``:
     the check's file lookups run here, not in the batch loop's thread)."""
     if not overwrite and _is_done(item):
         return ItemResult(str(item.path), "skipped", [str(item.sheet)])
     t0 = time.perf_counter()
     try:
-        img = read_image(item.path)
+        img = read_image(item.path, max_pixels)
         prep = prepare(img.bgr)
     except ImageReadError as err:
         return _Decoded(item, None, None, str(err), t0)
@@ -258,7 +260,8 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
 
         def refill() -> None:
             while pending_items and len(decoding) < lookahead:
-                decoding.append(pool.submit(_decode, pending_items.popleft(), opts.overwrite))
+                decoding.append(pool.submit(_decode, pending_items.popleft(), opts.overwrite,
+                                            opts.max_pixels))
 
         def drain(limit: int) -> Iterator[ItemResult]:
             # wait while more than ``limit`` writes (or HELD_SHEET_BYTES of sheets) are in flight; pass on

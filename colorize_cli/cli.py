@@ -96,14 +96,17 @@ def _resolve_device(spec: str):
 @click.option("--cpu-streams", type=click.IntRange(1), default=None,
               help="CPU: model batches run at once, each on its share of the cores (default: 2 with 2+ cores, "
                    "1 with --compile)")
+@click.option("--max-pixels", type=click.IntRange(1), default=None,
+              help="refuse inputs with more pixels than this, read from the file's header before decoding  "
+                   "[default: 200000000]")
 @click.option("--null", "-0", "null", is_flag=True,
               help="paths on stdin (-) end with NUL, not newline (find -print0, as xargs -0)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
 @click.option("--quiet", "-q", is_flag=True, help="only errors on stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch_size, seed, overwrite,
-            recursive, bf16, workers, merge_on, compile_networks, cuda_graphs, int8, cpu_streams, null, as_json,
-            quiet, debug):
+            recursive, bf16, workers, merge_on, compile_networks, cuda_graphs, int8, cpu_streams, max_pixels, null,
+            as_json, quiet, debug):
     """Colorize photos: files and folders (walked recursively); ``-`` reads paths from stdin.
 
     Writes PHOTO.colorized.png (a sheet of the samples, most probable first) beside each input, or under
@@ -130,7 +133,7 @@ def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch
                              quality=quality, device_spec=device, batch_size=batch_size, seed=seed,
                              overwrite=overwrite, recursive=recursive, bf16=bf16, workers=workers, merge_on=merge_on,
                              compile_networks=compile_networks, cuda_graphs=cuda_graphs, int8=int8,
-                             cpu_streams=cpu_streams,
+                             cpu_streams=cpu_streams, max_pixels=max_pixels,
                              as_json=as_json, quiet=quiet, debug=debug)
     sys.exit(code)
 

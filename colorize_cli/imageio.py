@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -83,12 +84,32 @@ def _jpeg_is_truncated(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]
 
 
+class _TooLarge(Exception):
+    pass
+
+
 def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the file's header, without decoding: PNG and BMP read here, the rest by Pillow
+    (its decompression-bomb warning silenced: the limit is ours). None where no header says."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"BM" and len(data) >= 26:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(w), abs(h)
     try:
+        import warnings
+
         from PIL import Image
 
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    return im.size
+            except Image.DecompressionBombError as err:
+                raise _TooLarge(str(err)) from err
+    except _TooLarge:
+        raise
     except Exception:  # unknown to Pillow: OpenCV's own limit still applies
         return None
 
@@ -158,14 +179,20 @@ def _tiff_orientation(tiff: bytes) -> int | None:
     return 1
 
 
-def decode_image(data: bytes) -> LoadedImage:
-    """Bytes of an image file -> 8-bit BGR + alpha, EXIF orientation applied. Raises ImageReadError."""
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Bytes of an image file -> 8-bit BGR + alpha, EXIF orientation applied. Raises ImageReadError.
+
+    The size is read from the header and checked against ``max_pixels`` before anything is decoded."""
     if not data:
         raise ImageReadError("empty file")
     jpeg = _jpeg_header(data) if data[:2] == b"\xff\xd8" else None
-    size = jpeg[0] if jpeg is not None else _header_size(data)
-    if size is not None and size[0] * size[1] > MAX_PIXELS:
-        raise ImageReadError(f"too large to decode ({size[0]}x{size[1]} pixels, limit {MAX_PIXELS:,})")
+    try:
+        size = jpeg[0] if jpeg is not None else _header_size(data)
+    except _TooLarge:
+        raise ImageReadError("too large to decode (over Pillow's 178,956,970-pixel header limit)") from None
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageReadError(f"too large to decode ({size[0]}x{size[1]} pixels, limit {max_pixels:,}; "
+                             f"--max-pixels to change it)")
     if _jpeg_is_truncated(data):
         raise ImageReadError("truncated JPEG (no end-of-image marker)")
     buf = np.frombuffer(data, np.uint8)
@@ -210,7 +237,7 @@ def decode_image(data: bytes) -> LoadedImage:
     return LoadedImage(np.ascontiguousarray(bgr), alpha, depth, channels)
 
 
-def read_image(path: str | os.PathLike) -> LoadedImage:
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Read and decode an image file. Raises ImageReadError with a short reason."""
     path = Path(path)
     try:
@@ -234,7 +261,7 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         raise ImageReadError("no such file") from err
     except OSError as err:
         raise ImageReadError(err.strerror or str(err)) from err
-    return decode_image(data)
+    return decode_image(data, max_pixels)
 
 
 ENCODE_EXT = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}

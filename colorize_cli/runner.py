@@ -25,11 +25,13 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
                       fmt: str, quality: int | None, device_spec: str, batch_size: int | None, seed: int,
                       overwrite: bool, recursive: bool, bf16: bool | None, workers: int | None, as_json: bool,
                       merge_on: str = "auto", compile_networks: bool = False, cuda_graphs: bool = True,
-                      int8: bool | None = False, cpu_streams: int | None = None, quiet: bool, debug: bool) -> int:
+                      int8: bool | None = False, cpu_streams: int | None = None, max_pixels: int | None = None,
+                      quiet: bool, debug: bool) -> int:
     from .batch import BatchOptions, run_paths
+    from .imageio import MAX_PIXELS
 
     opts = BatchOptions(samples=samples, output_dir=output, separate=separate, fmt=fmt, quality=quality,
-                        batch_size=batch_size, seed=seed, overwrite=overwrite,
+                        batch_size=batch_size, seed=seed, overwrite=overwrite, max_pixels=max_pixels or MAX_PIXELS,
                         device_sheets={"auto": None, "device": True, "cpu": False}[merge_on])
     if workers:
         opts.workers = workers

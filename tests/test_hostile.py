@@ -170,3 +170,27 @@ def test_a_later_run_removes_temporaries_no_live_run_owns(tmp_path, tiny_run):
     result = invoke(tmp_path, "--model", tiny_run, "--samples", "1", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_pixel_limit_is_read_from_every_formats_header(tmp_path, tiny_run):
+    import struct
+    import zlib
+
+    def png_header_only(w, h):   # a PNG that claims w x h: refused from its IHDR before any decoding
+        ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+        chunk = b"IHDR" + ihdr
+        return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+                + struct.pack(">I", zlib.crc32(chunk)) + b"\x00" * 64)
+
+    (tmp_path / "huge.png").write_bytes(png_header_only(20000, 20000))      # 400 MP
+    cv2.imwrite(str(tmp_path / "wide.bmp"), synthetic_photo(np.random.default_rng(0), 60, 200))  # 12,000 px
+    cv2.imwrite(str(tmp_path / "wide.tif"), synthetic_photo(np.random.default_rng(1), 60, 200))
+    ok = _photo(tmp_path / "ok.jpg")
+    result = invoke(tmp_path, "--model", tiny_run, "--samples", "1", "--device", "cpu", "--json",
+                    "--max-pixels", "10000")
+    assert result.exit_code == 1, result.output
+    by_name = {Path(o["input"]).name: o for o in map(json.loads, result.stdout.splitlines())}
+    assert "20000x20000" in by_name["huge.png"]["error"]
+    assert "200x60" in by_name["wide.bmp"]["error"] and "200x60" in by_name["wide.tif"]["error"]
+    assert by_name["ok.jpg"]["status"] == "done" and ok.exists()
+    assert "DecompressionBomb" not in result.output
