@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
+from . import provenance
 from .atomic import remove_stale_temporaries
 from .colorizer import Colorizer, Prediction, PreparedImage, image_seed, prepare
 from .imageio import (MAX_PIXELS, ImageReadError, encode_image, is_image_path, png_level, read_image,
@@ -62,6 +63,7 @@ class InputItem:
     rel: Path             # its path under the folder it was found in (mirrored under --output)
     sheet: Path = None    # type: ignore[assignment]
     singles: list[Path] = field(default_factory=list)
+    conflict: str | None = None   # why it cannot have an output of its own (never overwrite another's)
 
 
 @dataclass
@@ -89,8 +91,13 @@ class Discovery:
     missing: list[str] = field(default_factory=list)
 
 
+def _abs(path) -> Path:
+    return Path(os.path.abspath(path))   # normalised ('..' resolved as text, links kept), so relative_to holds
+
+
 def discover(paths: Iterable[str], recursive: bool = True) -> Discovery:
     """Expand files and folders into image inputs (sorted; folders walked recursively unless told not)."""
+    paths = list(paths)
     found = Discovery([])
     seen: set[Path] = set()
 
@@ -104,6 +111,13 @@ def discover(paths: Iterable[str], recursive: bool = True) -> Discovery:
             return
         found.items.append(InputItem(path, rel))
 
+    # file arguments keep their place under the deepest folder that holds every argument, so --output
+    # mirrors a tree in which two inputs never share a name (x.jpg from a/ and from b/)
+    existing = [_abs(raw) for raw in paths if os.path.lexists(raw)]
+    try:
+        base = Path(os.path.commonpath([p if p.is_dir() else p.parent for p in existing])) if existing else None
+    except ValueError:   # different drives
+        base = None
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -116,9 +130,10 @@ def discover(paths: Iterable[str], recursive: bool = True) -> Discovery:
                 for name in sorted(filenames):
                     full = Path(dirpath) / name
                     if full.is_file():
-                        add(full, full.relative_to(path))
+                        add(full, _abs(full).relative_to(base) if base is not None else full.relative_to(path))
         elif path.exists():
-            add(path, Path(path.name))   # not a regular file: read_image says so, for this input alone
+            # not a regular file: read_image says so, for this input alone
+            add(path, _abs(path).relative_to(base) if base is not None else Path(path.name))
         else:
             found.missing.append(raw)
     return found
@@ -151,11 +166,22 @@ def plan_outputs(items: list[InputItem], opts: BatchOptions) -> None:
     ext = "." + opts.fmt
     longest = f"{OUTPUT_TAG}-{opts.samples}{ext}" if opts.separate else f"{OUTPUT_TAG}{ext}"
     claimed: set[Path] = set()
+
+    def taken(sheet: Path, item: InputItem) -> bool:
+        # by another input of this run, or on disk by an output whose record names another input file
+        if sheet.absolute() in claimed:
+            return True
+        other = _owner(sheet)
+        return other is not None and other != item.path.name
+
     for item in items:
         folder = (opts.output_dir / item.rel.parent) if opts.output_dir is not None else item.path.parent
         stem = _fit_stem(item.path.stem, longest)
-        if (folder / f"{stem}{OUTPUT_TAG}{ext}").absolute() in claimed:
+        if taken(folder / f"{stem}{OUTPUT_TAG}{ext}", item):
             stem = _fit_stem(item.path.name, longest)
+            if taken(folder / f"{stem}{OUTPUT_TAG}{ext}", item):
+                item.conflict = (f"its output name {folder / (stem + OUTPUT_TAG + ext)} is taken by another "
+                                 f"photo's output (left alone)")
         item.sheet = folder / f"{stem}{OUTPUT_TAG}{ext}"
         claimed.add(item.sheet.absolute())
         item.singles = ([folder / f"{stem}{OUTPUT_TAG}-{i}{ext}" for i in range(1, opts.samples + 1)]
@@ -164,6 +190,13 @@ def plan_outputs(items: list[InputItem], opts: BatchOptions) -> None:
 
 def _all_outputs(item: InputItem) -> list[Path]:
     return [item.sheet, *item.singles]
+
+
+def _owner(path: Path) -> str | None:
+    try:
+        return provenance.owner(path) if path.is_file() else None
+    except OSError:
+        return None
 
 
 @dataclass
@@ -179,6 +212,8 @@ def _decode(item: InputItem, overwrite: bool = True,
             max_pixels: int = MAX_PIXELS) -> _Decoded | ItemResult:
     """Read and prepare one input in a worker thread (or skip it when its outputs exist and not ``overwrite``:
     the check's file lookups run here, not in the batch loop's thread)."""
+    if item.conflict is not None:
+        return ItemResult(str(item.path), "failed", error=item.conflict)
     if not overwrite and _is_done(item):
         return ItemResult(str(item.path), "skipped", [str(item.sheet)])
     t0 = time.perf_counter()
@@ -192,19 +227,22 @@ def _decode(item: InputItem, overwrite: bool = True,
     return _Decoded(item, prep, img.alpha, None, t0)
 
 
-def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, opts: BatchOptions) -> None:
+def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, opts: BatchOptions,
+          record: dict | None = None) -> None:
     h, w = l_full.shape
     height, width = sheet_shape(h, w, len(samples), cols, gap)
     parts = sheet_strips(l_full, alpha, samples, cols, gap)
     if opts.fmt == "png" and height * width > STREAM_PNG_PIXELS:
         # streamed: a sheet of a 50-megapixel scan is never whole in memory
-        write_png_streaming(path, height, width, 3 if alpha is None else 4, parts, png_level(opts.quality))
+        write_png_streaming(path, height, width, 3 if alpha is None else 4, parts, png_level(opts.quality),
+                            provenance.png_chunk(record) if record is not None else b"")
     else:
-        _save_whole(path, np.concatenate(list(parts)), opts)
+        _save_whole(path, np.concatenate(list(parts)), opts, record)
 
 
-def _save_whole(path: Path, img: np.ndarray, opts: BatchOptions) -> None:
-    write_atomic(path, encode_image(np.ascontiguousarray(img), opts.fmt, opts.quality))
+def _save_whole(path: Path, img: np.ndarray, opts: BatchOptions, record: dict | None = None) -> None:
+    data = encode_image(np.ascontiguousarray(img), opts.fmt, opts.quality)
+    write_atomic(path, provenance.embed(data, opts.fmt, record))
 
 
 def _write(dec: _Decoded, pred: Prediction, opts: BatchOptions) -> ItemResult:
@@ -214,17 +252,20 @@ def _write(dec: _Decoded, pred: Prediction, opts: BatchOptions) -> ItemResult:
     gap, cols = sheet_gap(h, w), sheet_cols(len(ab))
     written = []
     try:
+        source = provenance.Source.of(item.path)
         # singles first, the sheet last: the sheet's presence marks the input as done for a rerun
         for i, path in enumerate(item.singles):
+            record = source.record(sample=i + 1, weight=round(float(weights[i]), 6), seed=opts.seed)
             if pred.sheet is not None:   # merged on the device: the single is a tile of the sheet
-                _save_whole(path, sheet_tile(pred.sheet, i, h, w, cols, gap), opts)
+                _save_whole(path, sheet_tile(pred.sheet, i, h, w, cols, gap), opts, record)
             else:
-                _save(path, l_full, alpha, ab[i:i + 1], 1, gap, opts)
+                _save(path, l_full, alpha, ab[i:i + 1], 1, gap, opts, record)
             written.append(str(path))
+        record = source.record(samples=len(ab), weights=[round(float(x), 6) for x in weights], seed=opts.seed)
         if pred.sheet is not None:
-            _save_whole(item.sheet, pred.sheet, opts)
+            _save_whole(item.sheet, pred.sheet, opts, record)
         else:
-            _save(item.sheet, l_full, alpha, ab, cols, gap, opts)
+            _save(item.sheet, l_full, alpha, ab, cols, gap, opts, record)
         written.append(str(item.sheet))
     except (OSError, ValueError, MemoryError, cv2.error) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip() or type(err).__name__
@@ -235,8 +276,13 @@ def _write(dec: _Decoded, pred: Prediction, opts: BatchOptions) -> ItemResult:
 
 
 def _is_done(item: InputItem) -> bool:
+    """All outputs there, and the sheet made from this very input (its record names the file, its size and
+    modification time; outputs without a record — webp, or written before records — count as done)."""
     try:
-        return all(p.is_file() for p in _all_outputs(item))
+        if not all(p.is_file() for p in _all_outputs(item)):
+            return False
+        record = provenance.read(item.sheet)
+        return record is None or provenance.Source.of(item.path).matches(record)
     except OSError:   # an unreachable output folder: not done; writing will say why, for this input alone
         return False
 

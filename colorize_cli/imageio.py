@@ -306,7 +306,7 @@ def png_level(quality: int | None) -> int:
 
 
 def write_png_streaming(path: str | os.PathLike, height: int, width: int, channels: int,
-                        strips: Iterable[np.ndarray], level: int = PNG_LEVEL) -> None:
+                        strips: Iterable[np.ndarray], level: int = PNG_LEVEL, extra_chunks: bytes = b"") -> None:
     """Write a PNG from row strips ((rows, width, channels) uint8, top to bottom) without holding it whole.
 
     Rows use PNG's 'Up' filter (each byte minus the one above it): it costs one subtraction, and on
@@ -326,6 +326,7 @@ def write_png_streaming(path: str | os.PathLike, height: int, width: int, channe
     with atomic_write(path) as f:
         f.write(b"\x89PNG\r\n\x1a\n")
         f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
+        f.write(extra_chunks)   # whole chunks (e.g. the provenance tEXt), before the image data
         comp = zlib.compressobj(level)
         rows_written = 0
         above = np.zeros((1, width * channels), np.uint8)   # the row above the strip (zeros above row 0)

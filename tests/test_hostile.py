@@ -194,3 +194,60 @@ def test_pixel_limit_is_read_from_every_formats_header(tmp_path, tiny_run):
     assert "200x60" in by_name["wide.bmp"]["error"] and "200x60" in by_name["wide.tif"]["error"]
     assert by_name["ok.jpg"]["status"] == "done" and ok.exists()
     assert "DecompressionBomb" not in result.output
+
+
+def test_an_output_belongs_to_the_input_it_names(tmp_path, tiny_run):
+    from colorize_cli import provenance
+
+    _photo(tmp_path / "a.png", 1)
+    first = invoke(tmp_path, "--model", tiny_run, "--samples", "1", "--device", "cpu")
+    assert first.exit_code == 0 and (tmp_path / "a.colorized.png").is_file()
+    assert provenance.read(tmp_path / "a.colorized.png")["source"] == "a.png"
+    # a different photo a.jpg arrives later: it gets its own output, a.png's is left alone
+    _photo(tmp_path / "a.jpg", 2)
+    again = invoke(tmp_path, "--model", tiny_run, "--samples", "1", "--device", "cpu", "--json")
+    assert again.exit_code == 0, again.output
+    by_name = {Path(o["input"]).name: o for o in map(json.loads, again.stdout.splitlines())}
+    assert by_name["a.png"]["status"] == "skipped" and by_name["a.jpg"]["status"] == "done"
+    assert Path(by_name["a.jpg"]["outputs"][-1]).name == "a.jpg.colorized.png"
+    assert provenance.read(tmp_path / "a.jpg.colorized.png")["source"] == "a.jpg"
+    assert provenance.read(tmp_path / "a.colorized.png")["source"] == "a.png"
+    # a photo replaced under its own name is colorized again
+    before = (tmp_path / "a.jpg.colorized.png").read_bytes()
+    _photo(tmp_path / "a.jpg", 3)
+    os.utime(tmp_path / "a.jpg", ns=(1, 1))
+    third = invoke(tmp_path, "--model", tiny_run, "--samples", "1", "--device", "cpu", "--json")
+    statuses = {Path(o["input"]).name: o["status"] for o in map(json.loads, third.stdout.splitlines())}
+    assert statuses == {"a.png": "skipped", "a.jpg": "done"}
+    assert (tmp_path / "a.jpg.colorized.png").read_bytes() != before
+
+
+def test_output_folder_mirrors_a_tree_without_collisions(tmp_path, tiny_run):
+    for i, d in enumerate(("a", "b", "c")):
+        (tmp_path / d / "photos").mkdir(parents=True)
+        _photo(tmp_path / d / "x.jpg", i)
+        _photo(tmp_path / d / "photos" / "y.jpg", i + 10)
+    out = tmp_path / "out"
+    files = [tmp_path / d / "x.jpg" for d in ("a", "b", "c")]
+    folders = [tmp_path / d / "photos" for d in ("a", "b")]
+    result = invoke(*files, *folders, "--model", tiny_run, "--samples", "1", "--device", "cpu", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    outputs = [o["outputs"][-1] for o in map(json.loads, result.stdout.splitlines())]
+    assert len(outputs) == len(set(outputs)) == 5
+    assert (out / "a" / "x.colorized.png").is_file() and (out / "c" / "x.colorized.png").is_file()
+    assert (out / "a" / "photos" / "y.colorized.png").is_file() and (out / "b" / "photos" / "y.colorized.png").is_file()
+
+
+def test_records_in_png_and_jpeg_outputs(tmp_path, tiny_run):
+    from colorize_cli import provenance
+
+    _photo(tmp_path / "p.jpg")
+    for fmt in ("png", "jpg"):
+        r = invoke(tmp_path / "p.jpg", "--model", tiny_run, "--samples", "2", "--separate", "--format", fmt,
+                   "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        sheet = provenance.read(tmp_path / f"p.colorized.{fmt}")
+        single = provenance.read(tmp_path / f"p.colorized-2.{fmt}")
+        assert sheet["source"] == "p.jpg" and sheet["samples"] == 2 and sheet["tool"].startswith("colorize ")
+        assert single["sample"] == 2 and 0 < single["weight"] <= 1
+        assert cv2.imread(str(tmp_path / f"p.colorized.{fmt}")) is not None
