@@ -151,6 +151,27 @@ def load_bundle(folder: str | os.PathLike):
     return cvae, mdn, vgg, {"source": str(folder), **manifest}
 
 
+def check_model_folder(folder: str | os.PathLike) -> None:
+    """Cheap checks of a model folder, without loading weights (a run whose photos are all done loads none):
+    a bundle's manifest has the right shape and its parts exist; a run has vae.pt and mdn.pt."""
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file():
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"cannot read bundle manifest in {folder}: {err}") from err
+        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+            raise CheckpointError(f"{folder} is not a colorize bundle")
+        for key in ("cvae_config", "mdn_config"):
+            if not isinstance(manifest.get(key), dict):
+                raise CheckpointError(f"{folder / 'manifest.json'}: no {key} object")
+        for name in PARTS:
+            if not part_path(folder, manifest, name).is_file():
+                raise CheckpointError(f"{folder}: missing {name}.pt")
+    elif not (folder / "vae.pt").is_file() or not (folder / "mdn.pt").is_file():
+        raise CheckpointError(f"{folder} holds neither a bundle (manifest.json) nor a run (vae.pt and mdn.pt)")
+
+
 def load_run(folder: str | os.PathLike):
     """A model folder: a bundle (manifest.json) or a training run (vae.pt + mdn.pt)."""
     folder = Path(folder)

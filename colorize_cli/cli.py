@@ -118,9 +118,16 @@ def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch
 
     if not paths:
         raise click.UsageError("no PATH given (a photo, a folder, or - for paths on stdin)")
-    try:  # checked before any photo, so a bad --model is an error even when every photo is already done
+    from .bundle import check_model_folder
+    from .checkpoint import CheckpointError
+    from .device import DeviceError, resolve_device
+
+    # checked before any photo, so a bad --model or --device is an error even when every photo is done
+    try:
         model = resolve_model(model)
-    except ModelNotFoundError as err:
+        check_model_folder(model)
+        resolve_device(device)
+    except (ModelNotFoundError, CheckpointError, DeviceError) as err:
         click.echo(f"colorize: error: {err}", err=True)
         sys.exit(2)
     expanded = []

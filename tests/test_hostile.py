@@ -251,3 +251,18 @@ def test_records_in_png_and_jpeg_outputs(tmp_path, tiny_run):
         assert sheet["source"] == "p.jpg" and sheet["samples"] == 2 and sheet["tool"].startswith("colorize ")
         assert single["sample"] == 2 and 0 < single["weight"] <= 1
         assert cv2.imread(str(tmp_path / f"p.colorized.{fmt}")) is not None
+
+
+def test_bad_model_or_device_is_an_error_even_when_all_is_done(tmp_path, tiny_run):
+    from colorize_cli.bundle import export_bundle
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(photos / "a.jpg")
+    assert invoke(photos, "--model", tiny_run, "--samples", "1", "--device", "cpu").exit_code == 0
+    bundle = export_bundle(tiny_run, tmp_path / "bundle")
+    (bundle / "manifest.json").write_text('{"format": "colorize-bundle", "cvae_config": [], "mdn_config": {}}')
+    for args in (["--model", bundle, "--device", "cpu"], ["--model", tiny_run, "--device", "tpu"],
+                 ["--model", tiny_run, "--device", "cuda:9"]):
+        r = invoke(photos, "--samples", "1", *args)
+        assert r.exit_code == 2 and len(_lines(r.output)) == 1, (args, r.output)
