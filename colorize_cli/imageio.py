@@ -245,8 +245,9 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> LoadedI
         # further than MAX_FILE_BYTES (a link to /dev/zero would never end)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ImageReadError("not a regular file")
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise ImageReadError("is a directory" if stat.S_ISDIR(mode) else "not a regular file")
             with os.fdopen(fd, "rb", closefd=False) as f:
                 data = f.read(MAX_FILE_BYTES + 1)
         finally:

@@ -65,7 +65,8 @@ def test_evaluate_cli_json(tiny_run, synthetic_dataset, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["images"] == 6 and report["samples"] == 8
-    assert set(report["methods"]) == {"mdn", "top1", "cvae_normal", "grey"}
+    # a run folder has its colour encoder: the CVAE oracle comes with it
+    assert set(report["methods"]) == {"mdn", "top1", "cvae_normal", "oracle", "grey"}
     mdn = report["methods"]["mdn"]
     assert mdn["best"] <= mdn["top1"] + 1e-9 and mdn["best"] <= mdn["mean"] + 1e-9
     assert report["methods"]["grey"]["diversity"] == 0.0
