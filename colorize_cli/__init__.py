@@ -1,3 +1,17 @@
-"""colorize: diverse colorizations of black-and-white photos (Deshpande et al., CVPR 2017)."""
+"""colorize: diverse colorizations of black-and-white photos (Deshpande et al., CVPR 2017).
 
-__version__ = "0.1.0"
+    from colorize_cli import Colorizer
+    samples, weights = Colorizer.load().colorize("photo.jpg", samples=8)
+"""
+
+__version__ = "0.2.0"
+__all__ = ["Colorizer", "__version__"]
+
+
+def __getattr__(name: str):
+    # lazily: `colorize --help` must not pay for importing torch
+    if name == "Colorizer":
+        from .colorizer import Colorizer
+
+        return Colorizer
+    raise AttributeError(f"module 'colorize_cli' has no attribute {name!r}")

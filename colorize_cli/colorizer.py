@@ -65,6 +65,37 @@ class PreparedImage:
     l224: np.ndarray     # (224, 224) uint8
 
 
+ACCEPTED = ("a grey (H, W) or (H, W, 1), BGR (H, W, 3) or BGRA (H, W, 4) uint8 or uint16 array, "
+            "or a path to an image file")
+
+
+def as_bgr(image) -> tuple[np.ndarray, np.ndarray | None]:
+    """What a user has -> (BGR uint8 (H, W, 3), alpha (H, W) or None); ValueError for anything else."""
+    from .imageio import ImageReadError, read_image
+
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            img = read_image(image)
+        except ImageReadError as err:
+            raise ValueError(f"cannot read {os.fspath(image)}: {err}") from err
+        return img.bgr, img.alpha
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected {ACCEPTED}; got {type(image).__name__}")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"expected {ACCEPTED}; got a {image.dtype} array")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2 and image.size:
+        return np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2)), None
+    if image.ndim == 3 and image.shape[2] == 3 and image.size:
+        return np.ascontiguousarray(image), None
+    if image.ndim == 3 and image.shape[2] == 4 and image.size:
+        return np.ascontiguousarray(image[..., :3]), np.ascontiguousarray(image[..., 3])
+    raise ValueError(f"expected {ACCEPTED}; got an array of shape {image.shape}")
+
+
 def prepare(bgr: np.ndarray) -> PreparedImage:
     lab, lab64, l224 = model_views(bgr)
     return PreparedImage(np.ascontiguousarray(lab[..., 0]), np.ascontiguousarray(lab64[..., 0]), l224)
@@ -157,19 +188,27 @@ class Colorizer:
         return self.mdn.cfg.components
 
     @classmethod
-    def load(cls, model: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-             bf16: bool = False, compile_backend: str | None = None, cuda_graphs: bool | None = None,
-             int8: bool = False, cpu_streams: int | None = None) -> "Colorizer":
+    def load(cls, model: str | os.PathLike | None = None, device: torch.device | str = "auto",
+             bf16: bool | None = None, compile_backend: str | None = None, cuda_graphs: bool | None = None,
+             int8: bool | None = None, cpu_streams: int | None = None) -> "Colorizer":
         """From a bundled model's name (``general``, the default, or ``faces``), a training run folder
         (vae.pt + mdn.pt) or a bundle folder.
 
         ``int8``: VGG + MDN in int8 on the CPU, with the activation ranges in the model folder's int8.json
         (``colorize calibrate``)."""
         from .bundle import load_run
+        from .device import cpu_has_fast_bf16, resolve_device
         from .registry import resolve_model
 
-        device = torch.device(device)
+        # the CLI's defaults: CUDA if present, bf16 where it is fast, int8 (None) where the CPU's int8 is
+        device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        if bf16 is None:
+            bf16 = device.type == "cuda" or cpu_has_fast_bf16()
         path = resolve_model(model)
+        if int8 is None:
+            from .int8 import default_int8
+
+            int8 = default_int8(device, path)
         calibration = None
         if int8:
             from .int8 import Int8Calibration, Int8Error, calibration_path
@@ -291,11 +330,22 @@ class Colorizer:
                      samples)
         return time.perf_counter() - t0
 
-    def colorize(self, bgr: np.ndarray, samples: int = 8, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
-        """One BGR uint8 image (any size) -> N full-resolution BGR colorizations and their weights."""
+    def colorize(self, image: np.ndarray | str | os.PathLike, samples: int = 8,
+                 seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+        """One photo -> ``samples`` full-resolution colorizations, most probable first, and their weights.
+
+        ``image``: a grey (H, W) or (H, W, 1) array, a BGR (H, W, 3) or BGRA (H, W, 4) array (uint8, or
+        uint16 scaled to 8 bits; BGRA keeps its alpha: the results are then BGRA too), or a path to an image
+        file. Returns (list of ``samples`` uint8 arrays (H, W, 3 or 4), weights (samples,) float32).
+        Anything else raises ValueError saying what is accepted.
+        """
+        bgr, alpha = as_bgr(image)
         prep = prepare(bgr)
         pred = self.predict(prep.l64[None], prep.l224[None], samples, [seed])[0]
-        return [merge(prep.l_full, ab) for ab in pred.ab], pred.weights
+        outs = [merge(prep.l_full, ab) for ab in pred.ab]
+        if alpha is not None:
+            outs = [np.dstack([o, alpha]) for o in outs]
+        return outs, pred.weights
 
 
 class QueuedPredictions:

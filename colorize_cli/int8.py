@@ -305,3 +305,17 @@ class Int8Mixture:
 def int8_supported() -> bool:
     """Whether this torch has oneDNN's quantized convolution ops."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv2d_pointwise")
+
+
+def default_int8(device, model) -> bool:
+    """--int8 when not given: on a CPU whose oneDNN int8 is fast (AMX or VNNI), for a model that ships its
+    activation ranges (int8.json). The CLI leaves it off under --compile, which compiles the float networks."""
+    from .device import cpu_has_fast_int8
+    from .registry import resolve_model
+
+    if device.type != "cpu" or not cpu_has_fast_int8() or not int8_supported():
+        return False
+    try:
+        return calibration_path(resolve_model(model)).is_file()
+    except FileNotFoundError:
+        return False

@@ -45,6 +45,8 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
         except DeviceError as err:
             raise _UsageFailure(str(err)) from err
         use_bf16 = bf16 if bf16 is not None else (device.type == "cuda" or cpu_has_fast_bf16())
+        from .int8 import default_int8
+
         use_int8 = int8 if int8 is not None else (default_int8(device, model) and not compile_networks)
         try:
             colorizer = Colorizer.load(model, device, use_bf16, COMPILE_BACKEND if compile_networks else None,
@@ -167,21 +169,6 @@ def _end_like_ctrl_c_on(signals) -> None:
                 signal.signal(sig, handler)
             except ValueError:   # not the main thread (a library caller's worker): leave the signals alone
                 return
-
-
-def default_int8(device, model) -> bool:
-    """--int8 when not given: on a CPU whose oneDNN int8 is fast (AMX or VNNI), for a model that ships its
-    activation ranges (int8.json). The caller leaves it off under --compile, which compiles the float networks."""
-    from .device import cpu_has_fast_int8
-    from .int8 import calibration_path
-    from .registry import resolve_model
-
-    if device.type != "cpu" or not cpu_has_fast_int8():
-        return False
-    try:
-        return calibration_path(resolve_model(model)).is_file()
-    except FileNotFoundError:
-        return False
 
 
 def _summary(console, counts: dict, ignored: int, elapsed: float, silent: bool) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from colorize_cli import registry, runner
+from colorize_cli import int8 as int8_mod, registry
 from colorize_cli.augment import Augment
 from colorize_cli.checkpoint import read_checkpoint
 from colorize_cli.cli import main
@@ -158,18 +158,18 @@ def test_models_command_and_unknown_name(tmp_path):
 def test_int8_default_follows_the_cpu_and_the_model(monkeypatch, tiny_run):
     cpu = torch.device("cpu")
     monkeypatch.setattr("colorize_cli.device.cpu_has_fast_int8", lambda: True)
-    assert runner.default_int8(cpu, "general") is True          # ships int8.json
-    assert runner.default_int8(cpu, tiny_run) is False          # no calibration: float
-    assert runner.default_int8(torch.device("cuda"), "general") is False
+    assert int8_mod.default_int8(cpu, "general") is True          # ships int8.json
+    assert int8_mod.default_int8(cpu, tiny_run) is False          # no calibration: float
+    assert int8_mod.default_int8(torch.device("cuda"), "general") is False
     monkeypatch.setattr("colorize_cli.device.cpu_has_fast_int8", lambda: False)
-    assert runner.default_int8(cpu, "general") is False
+    assert int8_mod.default_int8(cpu, "general") is False
 
 
 def test_no_int8_opts_out(monkeypatch, tmp_path):
     seen = {}
     real = Colorizer.load
 
-    def spy(model=None, device="cpu", bf16=False, compile_backend=None, cuda_graphs=None, int8=False,
+    def spy(model=None, device="cpu", bf16=False, compile_backend=None, cuda_graphs=None, int8=None,
             cpu_streams=None):
         seen["int8"] = int8
         return real(model, device, bf16, compile_backend, cuda_graphs, int8, cpu_streams)
@@ -181,3 +181,25 @@ def test_no_int8_opts_out(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, [str(photo), "--device", "cpu", "--samples", "1", "--no-int8", "--no-bf16"])
     assert result.exit_code == 0, result.output
     assert seen["int8"] is False
+
+
+def test_library_accepts_what_a_user_has(tmp_path, tiny_run):
+    from colorize_cli import Colorizer as TopLevel
+
+    assert TopLevel is Colorizer
+    c = Colorizer.load(tiny_run)          # the CLI's defaults: device auto, bf16 where fast
+    rng = np.random.default_rng(0)
+    bgr = synthetic_photo(rng, 30, 40)
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    path = tmp_path / "p.png"
+    cv2.imwrite(str(path), grey)
+    bgra = np.dstack([bgr, np.full(grey.shape, 77, np.uint8)])
+    for image, channels in ((grey, 3), (grey[..., None], 3), (grey.astype(np.uint16) * 257, 3), (bgr, 3),
+                            (bgra, 4), (path, 3), (str(path), 3)):
+        outs, weights = c.colorize(image, samples=2)
+        assert len(outs) == 2 and outs[0].shape == (30, 40, channels) and outs[0].dtype == np.uint8
+        assert weights.shape == (2,)
+    assert (c.colorize(bgra, samples=1)[0][0][..., 3] == 77).all()       # alpha kept
+    for bad in (grey.astype(np.float32), np.zeros((4, 4, 2), np.uint8), [[1, 2]], tmp_path / "missing.png"):
+        with pytest.raises(ValueError, match="expected|cannot read"):
+            c.colorize(bad, samples=1)
