@@ -192,6 +192,16 @@ def _all_outputs(item: InputItem) -> list[Path]:
     return [item.sheet, *item.singles]
 
 
+def plan_status(item: InputItem, opts: BatchOptions) -> tuple[str, list[str] | str]:
+    """What a run would do with a planned input: ('colorize' | 'skip', its outputs) or ('fail', why)."""
+    if item.conflict is not None:
+        return "fail", item.conflict
+    outputs = [str(p) for p in _all_outputs(item)]
+    if not opts.overwrite and _is_done(item):
+        return "skip", outputs
+    return "colorize", outputs
+
+
 def _owner(path: Path) -> str | None:
     try:
         return provenance.owner(path) if path.is_file() else None

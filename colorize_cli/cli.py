@@ -23,11 +23,17 @@ class DefaultGroup(click.Group):
     """
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version", "-V"):
             args = [DEFAULT_COMMAND, *args]
-        elif not args:
+        elif not args and not ctx.resilient_parsing:   # (shell completion of the first word: see below)
             args = [DEFAULT_COMMAND]
         return super().parse_args(ctx, args)
+
+    def shell_complete(self, ctx, incomplete):
+        # the first word is a subcommand or a photo/folder for the default command: offer both
+        from click.shell_completion import CompletionItem
+
+        return [*super().shell_complete(ctx, incomplete), CompletionItem(incomplete, type="file")]
 
 
 def _device_option(f):
@@ -35,15 +41,21 @@ def _device_option(f):
                         help="auto, cpu, cuda or cuda:N")(f)
 
 
-@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="colorize")
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                                 "auto_envvar_prefix": "COLORIZE"})
+@click.version_option(__version__, "-V", "--version", prog_name="colorize")
 def main():
     """Diverse colorizations of black-and-white photos (Deshpande et al., CVPR 2017).
 
     \b
-    colorize PATH... [--samples 8]     colorize photos and folders (the default command)
+    colorize PATH... [OPTIONS]         colorize photos and folders (options: colorize run --help)
+    colorize models                    the bundled models
     colorize train vae|mdn DATA ...    the paper's two training stages
     colorize evaluate DATA ...         metrics on held-out colour photos
+
+    Every option can also be set in the environment:
+    COLORIZE_<OPTION> for colorizing (COLORIZE_SAMPLES=4), COLORIZE_<COMMAND>_<OPTION> for the others
+    (COLORIZE_TRAIN_VAE_EPOCHS=20).
     """
 
 
@@ -59,8 +71,9 @@ def _resolve_device(spec: str):
 # ------------------------------------------------------------------------------------------ colorizing
 
 
-@main.command(DEFAULT_COMMAND, context_settings={"ignore_unknown_options": False})
-@click.argument("paths", nargs=-1, metavar="PATH...")
+@main.command(DEFAULT_COMMAND, hidden=True,
+              context_settings={"ignore_unknown_options": False, "auto_envvar_prefix": "COLORIZE"})
+@click.argument("paths", nargs=-1, metavar="PATH...", type=click.Path())
 @click.option("--samples", "-n", type=click.IntRange(1, 64), default=8, show_default=True,
               help="colorizations per photo: the N most probable mixture means; beyond 8, draws from the mixture")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
@@ -69,7 +82,8 @@ def _resolve_device(spec: str):
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="mirror the input tree under this folder (default: beside each input)")
 @click.option("--separate", is_flag=True, help="also write each sample as its own image")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp"]), default="png", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp"]), default="png", show_default=True,
+              help="output format")
 @click.option("--quality", type=click.IntRange(0, 100), default=None,
               help="jpg/webp quality (default 95); for png, 0..100 picks zlib level 9..0 (default level 1)")
 @_device_option
@@ -77,10 +91,12 @@ def _resolve_device(spec: str):
               help="photos per model batch (default: 16 on CPU, 128 on CUDA)")
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same outputs")
 @click.option("--overwrite", is_flag=True, help="redo inputs whose outputs exist (default: skip them)")
-@click.option("--recursive/--no-recursive", default=True, show_default=True)
+@click.option("--recursive/--no-recursive", default=True, show_default=True,
+              help="walk folders into their subfolders")
 @click.option("--bf16/--no-bf16", default=None,
               help="bf16 autocast (default: on for CUDA and for CPUs with AMX/AVX512-BF16)")
-@click.option("--workers", type=click.IntRange(1), default=None, help="decode/encode threads (default: cores)")
+@click.option("--jobs", "-j", "--workers", "workers", type=click.IntRange(1), default=None,
+              help="decode/encode threads  [default: the CPU's cores]")
 @click.option("--merge", "merge_on", type=click.Choice(["auto", "device", "cpu"]), default="auto", show_default=True,
               help="where samples are upsampled and merged with the full-resolution L: the model's device, the "
                    "CPU threads, or auto (the device when it is a GPU, for photos up to 2 megapixels)")
@@ -99,14 +115,16 @@ def _resolve_device(spec: str):
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
               help="refuse inputs with more pixels than this, read from the file's header before decoding  "
                    "[default: 200000000]")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="list what would be colorized or skipped, and where the outputs would go; write nothing")
 @click.option("--null", "-0", "null", is_flag=True,
               help="paths on stdin (-) end with NUL, not newline (find -print0, as xargs -0)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
 @click.option("--quiet", "-q", is_flag=True, help="only errors on stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch_size, seed, overwrite,
-            recursive, bf16, workers, merge_on, compile_networks, cuda_graphs, int8, cpu_streams, max_pixels, null,
-            as_json, quiet, debug):
+            recursive, bf16, workers, merge_on, compile_networks, cuda_graphs, int8, cpu_streams, max_pixels, dry_run,
+            null, as_json, quiet, debug):
     """Colorize photos: files and folders (walked recursively); ``-`` reads paths from stdin.
 
     Writes PHOTO.colorized.png (a sheet of the samples, most probable first) beside each input, or under
@@ -140,7 +158,7 @@ def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch
                              quality=quality, device_spec=device, batch_size=batch_size, seed=seed,
                              overwrite=overwrite, recursive=recursive, bf16=bf16, workers=workers, merge_on=merge_on,
                              compile_networks=compile_networks, cuda_graphs=cuda_graphs, int8=int8,
-                             cpu_streams=cpu_streams, max_pixels=max_pixels,
+                             cpu_streams=cpu_streams, max_pixels=max_pixels, dry_run=dry_run,
                              as_json=as_json, quiet=quiet, debug=debug)
     sys.exit(code)
 
@@ -216,7 +234,8 @@ def _train_options(f):
     options = [
         click.argument("data", nargs=-1, required=True,
                        type=click.Path(exists=True, file_okay=False, path_type=Path)),
-        click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+        click.option("--output", "-o", "--out", "out", required=True,
+                     type=click.Path(file_okay=False, path_type=Path),
                      help="run folder (vae.pt, mdn.pt, log.jsonl, samples/)"),
         click.option("--list", "train_list", multiple=True, type=click.Path(dir_okay=False),
                      help="file of training image paths relative to DATA (default: walk DATA); with several "
@@ -494,7 +513,7 @@ def _print_evaluation(result) -> None:
               help="file of image paths relative to DATA (default: walk DATA)")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="the model folder (a training run or a bundle) to calibrate; default: the bundled model")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--output", "-o", "--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="where to write the calibration (default: MODEL/int8.json, where --int8 looks for it)")
 @click.option("--images", type=click.IntRange(1), default=256, show_default=True,
               help="photos to measure, drawn evenly from the list")
@@ -536,7 +555,7 @@ def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
 
 @main.command("export")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--output", "-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="bundle folder to write (manifest.json + one .pt file per part)")
 @click.option("--quantize", type=click.Choice(["int8", "fp16", "fp32"]), default="int8", show_default=True,
               help="weight storage: int8 per output channel (smallest), fp16, or fp32")

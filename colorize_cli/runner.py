@@ -26,7 +26,7 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
                       overwrite: bool, recursive: bool, bf16: bool | None, workers: int | None, as_json: bool,
                       merge_on: str = "auto", compile_networks: bool = False, cuda_graphs: bool = True,
                       int8: bool | None = False, cpu_streams: int | None = None, max_pixels: int | None = None,
-                      quiet: bool, debug: bool) -> int:
+                      dry_run: bool = False, quiet: bool, debug: bool) -> int:
     from .batch import BatchOptions, run_paths
     from .imageio import MAX_PIXELS
 
@@ -77,6 +77,8 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
         _err(f"error: {_printable(missing)}: no such file or folder")
     if found.missing and not found.items:
         return EXIT_USAGE   # nothing given exists: a usage error; otherwise the rest is done, exit 1
+    if dry_run:
+        return _dry_run(found, opts, as_json)
 
     console = None
     if not quiet and not as_json:
@@ -140,6 +142,20 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
     elapsed = time.perf_counter() - t0
     _summary(console, counts, found.ignored, elapsed, quiet or as_json)
     return EXIT_SOME_FAILED if counts["failed"] or found.missing else EXIT_OK
+
+
+def _dry_run(found, opts, as_json: bool) -> int:
+    """What a run would do, one line (or JSON object) per input on stdout; nothing is written or loaded."""
+    from .batch import plan_status
+
+    for item in found.items:
+        status, detail = plan_status(item, opts)
+        if as_json:
+            click.echo(json.dumps({"input": str(item.path), "would": status, "outputs": detail}))
+        else:
+            target = ", ".join(_printable(p) for p in detail) if isinstance(detail, list) else detail
+            click.echo(f"{status}\t{_printable(str(item.path))}\t{target}")
+    return EXIT_OK
 
 
 def _printable(name: str) -> str:

@@ -1,0 +1,49 @@
+"""The command line as Unix users expect it: -V, -j, -o everywhere, COLORIZE_* variables, --dry-run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+from click.testing import CliRunner
+
+from colorize_cli import __version__
+from colorize_cli.cli import main
+from conftest import REPO, synthetic_photo
+
+
+def test_version_and_help():
+    r = CliRunner().invoke(main, ["-V"])
+    assert r.exit_code == 0 and __version__ in r.output
+    top = CliRunner().invoke(main, ["--help"])
+    assert top.exit_code == 0 and "  run " not in top.output and "models" in top.output
+    run_help = CliRunner().invoke(main, ["run", "--help"])
+    for opt in ("-j, --jobs", "--dry-run", "--max-pixels", "-0, --null", "--int8 / --no-int8"):
+        assert opt in run_help.output, opt
+    for cmd in (["train", "vae", "--help"], ["export", "--help"], ["calibrate", "--help"]):
+        assert "-o, --output" in CliRunner().invoke(main, cmd).output, cmd
+
+
+def test_dry_run_writes_nothing_and_env_sets_options(tmp_path, tiny_run):
+    cv2.imwrite(str(tmp_path / "a.jpg"), synthetic_photo(np.random.default_rng(0), 30, 30))
+    cv2.imwrite(str(tmp_path / "b.jpg"), synthetic_photo(np.random.default_rng(1), 30, 30))
+    r = CliRunner().invoke(main, [str(tmp_path / "b.jpg"), "--model", str(tiny_run), "--samples", "1",
+                                  "--device", "cpu", "-j", "2"])
+    assert r.exit_code == 0, r.output
+    before = sorted(p.name for p in tmp_path.iterdir())
+    env = {"COLORIZE_SEPARATE": "1", "COLORIZE_SAMPLES": "2"}
+    r = CliRunner().invoke(main, [str(tmp_path), "--model", str(tiny_run), "--dry-run", "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    plan = {os.path.basename(o["input"]): o for o in map(json.loads, r.stdout.splitlines())}
+    assert plan["a.jpg"]["would"] == "colorize" and len(plan["a.jpg"]["outputs"]) == 3   # sheet + 2 singles
+    assert plan["b.jpg"]["would"] == "colorize"   # done with 1 sample and no singles: not done for these options
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_shell_completion_offers_subcommands():
+    env = {**os.environ, "_COLORIZE_COMPLETE": "bash_complete", "COMP_WORDS": "colorize mod", "COMP_CWORD": "1"}
+    proc = subprocess.run([sys.executable, "-c", "from colorize_cli.cli import main; main(prog_name='colorize')"],
+                          env=env, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert "models" in proc.stdout, proc.stdout + proc.stderr
