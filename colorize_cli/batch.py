@@ -18,10 +18,19 @@ from .atomic import remove_stale_temporaries
 from .colorizer import Colorizer, Prediction, PreparedImage, image_seed, prepare
 from .imageio import (MAX_PIXELS, ImageReadError, encode_image, is_image_path, png_level, read_image,
                       write_atomic, write_png_streaming)
-from .render import sheet_cols, sheet_gap, sheet_shape, sheet_strips, sheet_tile
+from .render import captioned_sheet, sheet_cols, sheet_gap, sheet_shape, sheet_strips, sheet_tile
 
 OUTPUT_TAG = ".colorized"
 FORMATS = ("png", "jpg", "webp")
+#: --format auto: the output format follows the input's (what keeps an archive's sizes in proportion)
+AUTO_FORMAT = {".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".webp": "webp"}   # anything else: png
+#: --sheet-size default: each tile's long side (an 8-sample sheet of a JPEG scan then stays around 1-3x the
+#: input's bytes; ``None`` is full resolution, the sheet of a 12 MP scan 96 MP)
+DEFAULT_SHEET_SIZE = 640
+
+
+def output_format(path: Path, fmt: str) -> str:
+    return AUTO_FORMAT.get(path.suffix.lower(), "png") if fmt == "auto" else fmt
 #: full-resolution pixels of the inputs in one model batch at most (their L planes wait for the writers)
 MAX_BATCH_PIXELS = 100_000_000
 #: on a GPU, sheets of inputs up to this size are merged there whole (an 8-sample sheet of 2 MP is 48 MB
@@ -46,8 +55,9 @@ class BatchOptions:
     samples: int = 8
     output_dir: Path | None = None   # mirror the input tree here; None: beside each input
     separate: bool = False
-    fmt: str = "png"
+    fmt: str = "png"                 # png, jpg, webp, or auto (follows each input's format)
     quality: int | None = None
+    sheet_size: int | None = None    # tiles at most this many px on their long side, captioned; None: full
     batch_size: int | None = None   # None: default_batch_size(device)
     seed: int = 0
     overwrite: bool = False
@@ -64,6 +74,7 @@ class InputItem:
     sheet: Path = None    # type: ignore[assignment]
     singles: list[Path] = field(default_factory=list)
     conflict: str | None = None   # why it cannot have an output of its own (never overwrite another's)
+    fmt: str = "png"              # its outputs' format (--format, or the input's own under auto)
 
 
 @dataclass
@@ -163,8 +174,6 @@ def plan_outputs(items: list[InputItem], opts: BatchOptions) -> None:
     (``a.png.colorized.png``), decided in the sorted input order, so a rerun names things the same. A name
     that would pass 255 bytes is shortened, with a hash of the full name in it.
     """
-    ext = "." + opts.fmt
-    longest = f"{OUTPUT_TAG}-{opts.samples}{ext}" if opts.separate else f"{OUTPUT_TAG}{ext}"
     claimed: set[Path] = set()
 
     def taken(sheet: Path, item: InputItem) -> bool:
@@ -175,6 +184,9 @@ def plan_outputs(items: list[InputItem], opts: BatchOptions) -> None:
         return other is not None and other != item.path.name
 
     for item in items:
+        item.fmt = output_format(item.path, opts.fmt)
+        ext = "." + item.fmt
+        longest = f"{OUTPUT_TAG}-{opts.samples}{ext}" if opts.separate else f"{OUTPUT_TAG}{ext}"
         folder = (opts.output_dir / item.rel.parent) if opts.output_dir is not None else item.path.parent
         stem = _fit_stem(item.path.stem, longest)
         if taken(folder / f"{stem}{OUTPUT_TAG}{ext}", item):
@@ -237,22 +249,22 @@ def _decode(item: InputItem, overwrite: bool = True,
     return _Decoded(item, prep, img.alpha, None, t0)
 
 
-def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, opts: BatchOptions,
+def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, fmt: str, opts: BatchOptions,
           record: dict | None = None) -> None:
     h, w = l_full.shape
     height, width = sheet_shape(h, w, len(samples), cols, gap)
     parts = sheet_strips(l_full, alpha, samples, cols, gap)
-    if opts.fmt == "png" and height * width > STREAM_PNG_PIXELS:
+    if fmt == "png" and height * width > STREAM_PNG_PIXELS:
         # streamed: a sheet of a 50-megapixel scan is never whole in memory
         write_png_streaming(path, height, width, 3 if alpha is None else 4, parts, png_level(opts.quality),
                             provenance.png_chunk(record) if record is not None else b"")
     else:
-        _save_whole(path, np.concatenate(list(parts)), opts, record)
+        _save_whole(path, np.concatenate(list(parts)), fmt, opts, record)
 
 
-def _save_whole(path: Path, img: np.ndarray, opts: BatchOptions, record: dict | None = None) -> None:
-    data = encode_image(np.ascontiguousarray(img), opts.fmt, opts.quality)
-    write_atomic(path, provenance.embed(data, opts.fmt, record))
+def _save_whole(path: Path, img: np.ndarray, fmt: str, opts: BatchOptions, record: dict | None = None) -> None:
+    data = encode_image(np.ascontiguousarray(img), fmt, opts.quality)
+    write_atomic(path, provenance.embed(data, fmt, record))
 
 
 def _write(dec: _Decoded, pred: Prediction, opts: BatchOptions) -> ItemResult:
@@ -267,15 +279,18 @@ def _write(dec: _Decoded, pred: Prediction, opts: BatchOptions) -> ItemResult:
         for i, path in enumerate(item.singles):
             record = source.record(sample=i + 1, weight=round(float(weights[i]), 6), seed=opts.seed)
             if pred.sheet is not None:   # merged on the device: the single is a tile of the sheet
-                _save_whole(path, sheet_tile(pred.sheet, i, h, w, cols, gap), opts, record)
+                _save_whole(path, sheet_tile(pred.sheet, i, h, w, cols, gap), item.fmt, opts, record)
             else:
-                _save(path, l_full, alpha, ab[i:i + 1], 1, gap, opts, record)
+                _save(path, l_full, alpha, ab[i:i + 1], 1, gap, item.fmt, opts, record)
             written.append(str(path))
         record = source.record(samples=len(ab), weights=[round(float(x), 6) for x in weights], seed=opts.seed)
-        if pred.sheet is not None:
-            _save_whole(item.sheet, pred.sheet, opts, record)
+        if opts.sheet_size is not None:
+            _save_whole(item.sheet, captioned_sheet(l_full, alpha, ab, weights, cols, opts.sheet_size), item.fmt,
+                        opts, record)
+        elif pred.sheet is not None:
+            _save_whole(item.sheet, pred.sheet, item.fmt, opts, record)
         else:
-            _save(item.sheet, l_full, alpha, ab, cols, gap, opts, record)
+            _save(item.sheet, l_full, alpha, ab, cols, gap, item.fmt, opts, record)
         written.append(str(item.sheet))
     except (OSError, ValueError, MemoryError, cv2.error) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip() or type(err).__name__
@@ -343,7 +358,8 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
                 writing.append((pool.submit(_write, slot, pred, opts), size))
 
         def merged_here(dec: _Decoded) -> bool:
-            return device_sheets and dec.prep.l_full.size <= DEVICE_SHEET_MAX_PIXELS
+            # captioned sheets are small: merged by the writers at tile size, not whole on the device
+            return (device_sheets and opts.sheet_size is None and dec.prep.l_full.size <= DEVICE_SHEET_MAX_PIXELS)
 
         refill()
         # one batch in flight: batch k+1 is queued (on the GPU, or in a CPU stream's thread) before batch k's

@@ -36,6 +36,25 @@ class DefaultGroup(click.Group):
         return [*super().shell_complete(ctx, incomplete), CompletionItem(incomplete, type="file")]
 
 
+class SheetSize(click.ParamType):
+    """--sheet-size: a number of pixels (>= 32), or ``full`` (None)."""
+
+    name = "PX|full"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "full":
+            return None
+        try:
+            px = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of pixels nor 'full'", param, ctx)
+        if px < 32:
+            self.fail(f"{px} px is too small (at least 32)", param, ctx)
+        return px
+
+
 def _device_option(f):
     return click.option("--device", default="auto", show_default=True,
                         help="auto, cpu, cuda or cuda:N")(f)
@@ -82,8 +101,12 @@ def _resolve_device(spec: str):
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="mirror the input tree under this folder (default: beside each input)")
 @click.option("--separate", is_flag=True, help="also write each sample as its own image")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp"]), default="png", show_default=True,
-              help="output format")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "auto"]), default="png",
+              show_default=True,
+              help="output format; auto: as the input (jpg in, jpg out; webp in, webp out; png otherwise)")
+@click.option("--sheet-size", type=SheetSize(), default="full", show_default=True,
+              help="each colorization on the sheet at most this many px on its long side, numbered with its "
+                   "sample number and weight; full: the photo's own size, unnumbered")
 @click.option("--quality", type=click.IntRange(0, 100), default=None,
               help="jpg/webp quality (default 95); for png, 0..100 picks zlib level 9..0 (default level 1)")
 @_device_option
@@ -122,7 +145,7 @@ def _resolve_device(spec: str):
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
 @click.option("--quiet", "-q", is_flag=True, help="only errors on stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
-def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch_size, seed, overwrite,
+def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, device, batch_size, seed, overwrite,
             recursive, bf16, workers, merge_on, compile_networks, cuda_graphs, int8, cpu_streams, max_pixels, dry_run,
             null, as_json, quiet, debug):
     """Colorize photos: files and folders (walked recursively); ``-`` reads paths from stdin.
@@ -155,6 +178,7 @@ def run_cmd(paths, samples, model, output, separate, fmt, quality, device, batch
         else:
             expanded.append(p)
     code = run_batch_command(expanded, samples=samples, model=model, output=output, separate=separate, fmt=fmt,
+                             sheet_size=sheet_size,
                              quality=quality, device_spec=device, batch_size=batch_size, seed=seed,
                              overwrite=overwrite, recursive=recursive, bf16=bf16, workers=workers, merge_on=merge_on,
                              compile_networks=compile_networks, cuda_graphs=cuda_graphs, int8=int8,

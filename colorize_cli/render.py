@@ -198,6 +198,47 @@ def sheet_strips(l_u8: np.ndarray, alpha: np.ndarray | None, samples: np.ndarray
             yield buf
 
 
+#: height of the caption band under each tile of a captioned sheet (px)
+CAPTION_PX = 26
+
+
+def _caption(text: str, width: int, channels: int) -> np.ndarray:
+    """A white band (CAPTION_PX, width, channels) with ``text`` in black, shrunk to fit narrow tiles."""
+    band = np.full((CAPTION_PX, width, channels), 255, np.uint8)
+    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1
+    (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+    if tw > width - 8:
+        scale *= max(0.2, (width - 8) / tw)
+        (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+    colour = (0, 0, 0, 255)[:channels]
+    cv2.putText(band, text, (4, (CAPTION_PX + th) // 2), font, scale, colour, thick, cv2.LINE_AA)
+    return band
+
+
+def captioned_sheet(l_u8: np.ndarray, alpha: np.ndarray | None, samples: np.ndarray, weights: np.ndarray,
+                    cols: int, tile_long: int) -> np.ndarray:
+    """A sheet sized to look at: each colorization at most ``tile_long`` px on its long side, a caption band
+    under it ("1   31%": the sample number and its mixture weight).
+
+    l_u8 (H, W) full-resolution L; alpha (H, W) or None; samples (N, 2, h, w) normalised ab; weights (N,).
+    Returns (rows, cols) of captioned tiles as one (H', W', 3 or 4) uint8 array (small: no strips needed).
+    """
+    h, w = l_u8.shape
+    scale = min(1.0, tile_long / max(h, w))
+    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    if scale < 1:   # area-average the lightness first: the merge then works at tile size
+        l_u8 = cv2.resize(l_u8, (tw, th), interpolation=cv2.INTER_AREA)
+        alpha = None if alpha is None else cv2.resize(alpha, (tw, th), interpolation=cv2.INTER_AREA)
+    channels = 3 if alpha is None else 4
+    tiles = []
+    for i, (ab, weight) in enumerate(zip(samples, weights)):
+        img = merge(l_u8, ab)
+        if alpha is not None:
+            img = np.dstack([img, alpha])
+        tiles.append(np.concatenate([img, _caption(f"{i + 1}   {100 * float(weight):.0f}%", tw, channels)], 0))
+    return tile(tiles, cols, sheet_gap(th, tw))
+
+
 def sample_sheet(pred: np.ndarray, truth: np.ndarray, l_u8: np.ndarray, cols: int = 8, tile_px: int = 128
                  ) -> np.ndarray:
     """The seed's ``saveoutput_gt`` layout: predictions | white border | ground truth.

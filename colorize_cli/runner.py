@@ -22,7 +22,8 @@ def _err(message: str) -> None:
 
 
 def run_batch_command(paths: list[str], *, samples: int, model: Path | None, output: Path | None, separate: bool,
-                      fmt: str, quality: int | None, device_spec: str, batch_size: int | None, seed: int,
+                      fmt: str, quality: int | None, sheet_size: int | None = None, device_spec: str,
+                      batch_size: int | None, seed: int,
                       overwrite: bool, recursive: bool, bf16: bool | None, workers: int | None, as_json: bool,
                       merge_on: str = "auto", compile_networks: bool = False, cuda_graphs: bool = True,
                       int8: bool | None = False, cpu_streams: int | None = None, max_pixels: int | None = None,
@@ -31,6 +32,7 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
     from .imageio import MAX_PIXELS
 
     opts = BatchOptions(samples=samples, output_dir=output, separate=separate, fmt=fmt, quality=quality,
+                        sheet_size=sheet_size,
                         batch_size=batch_size, seed=seed, overwrite=overwrite, max_pixels=max_pixels or MAX_PIXELS,
                         device_sheets={"auto": None, "device": True, "cpu": False}[merge_on])
     if workers:

@@ -47,3 +47,27 @@ def test_shell_completion_offers_subcommands():
     proc = subprocess.run([sys.executable, "-c", "from colorize_cli.cli import main; main(prog_name='colorize')"],
                           env=env, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert "models" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_numbered_sheets_sized_to_look_at_and_format_auto(tmp_path, tiny_run):
+    from colorize_cli import provenance
+    from colorize_cli.render import CAPTION_PX
+
+    big = synthetic_photo(np.random.default_rng(2), 900, 1200)
+    cv2.imwrite(str(tmp_path / "scan.jpg"), big)
+    cv2.imwrite(str(tmp_path / "scan2.png"), big)
+    r = CliRunner().invoke(main, [str(tmp_path), "--model", str(tiny_run), "--samples", "8", "--device", "cpu",
+                                  "--format", "auto", "--sheet-size", "320", "--separate"])
+    assert r.exit_code == 0, r.output
+    sheet = cv2.imread(str(tmp_path / "scan.colorized.jpg"))
+    assert sheet is not None and (tmp_path / "scan2.colorized.png").is_file()
+    # 4 x 2 tiles of 320 x 240 with a caption band under each, a few px between them
+    assert 2 * (240 + CAPTION_PX) <= sheet.shape[0] <= 2 * (240 + CAPTION_PX) + 20
+    assert 4 * 320 <= sheet.shape[1] <= 4 * 320 + 20
+    band = sheet[240:240 + CAPTION_PX, :320]
+    assert (band < 100).any() and (band > 200).mean() > 0.6          # dark text on a white band
+    single = cv2.imread(str(tmp_path / "scan.colorized-1.jpg"))
+    assert single.shape[:2] == (900, 1200)                               # singles stay full resolution
+    assert provenance.read(tmp_path / "scan.colorized.jpg")["samples"] == 8
+    bad = CliRunner().invoke(main, [str(tmp_path), "--sheet-size", "tiny"])
+    assert bad.exit_code == 2
