@@ -267,7 +267,7 @@ def _save_whole(path: Path, img: np.ndarray, fmt: str, opts: BatchOptions, recor
     write_atomic(path, provenance.embed(data, fmt, record))
 
 
-def _write(dec: _Decoded, pred: Prediction, opts: BatchOptions) -> ItemResult:
+def _write(dec: _Decoded, pred: Prediction, opts: BatchOptions, model: str | None = None) -> ItemResult:
     item = dec.item
     l_full, alpha, ab, weights = dec.prep.l_full, dec.alpha, pred.ab, pred.weights
     h, w = l_full.shape
@@ -277,13 +277,14 @@ def _write(dec: _Decoded, pred: Prediction, opts: BatchOptions) -> ItemResult:
         source = provenance.Source.of(item.path)
         # singles first, the sheet last: the sheet's presence marks the input as done for a rerun
         for i, path in enumerate(item.singles):
-            record = source.record(sample=i + 1, weight=round(float(weights[i]), 6), seed=opts.seed)
+            record = source.record(sample=i + 1, weight=round(float(weights[i]), 6), seed=opts.seed, model=model)
             if pred.sheet is not None:   # merged on the device: the single is a tile of the sheet
                 _save_whole(path, sheet_tile(pred.sheet, i, h, w, cols, gap), item.fmt, opts, record)
             else:
                 _save(path, l_full, alpha, ab[i:i + 1], 1, gap, item.fmt, opts, record)
             written.append(str(path))
-        record = source.record(samples=len(ab), weights=[round(float(x), 6) for x in weights], seed=opts.seed)
+        record = source.record(samples=len(ab), weights=[round(float(x), 6) for x in weights], seed=opts.seed,
+                               model=model)
         if opts.sheet_size is not None:
             _save_whole(item.sheet, captioned_sheet(l_full, alpha, ab, weights, cols, opts.sheet_size), item.fmt,
                         opts, record)
@@ -320,6 +321,7 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
     overlapping the model.
     """
     pending_items = deque(items)
+    model_name = colorizer.info.get("model")
     batch_size = opts.batch_size or default_batch_size(colorizer.device.type)
     device_sheets = colorizer.merges_on_device if opts.device_sheets is None else opts.device_sheets
     lookahead = max(2 * batch_size, opts.workers * 2)
@@ -355,7 +357,7 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
                 pred = next(preds)
                 size = pred.sheet.nbytes if pred.sheet is not None else 0
                 held[0] += size
-                writing.append((pool.submit(_write, slot, pred, opts), size))
+                writing.append((pool.submit(_write, slot, pred, opts, model_name), size))
 
         def merged_here(dec: _Decoded) -> bool:
             # captioned sheets are small: merged by the writers at tile size, not whole on the device
@@ -409,6 +411,42 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
         yield from drain(0)
 
 
+def pick(items: list[InputItem], numbers: list[list[int]], colorizer: Colorizer,
+         opts: BatchOptions) -> Iterator[ItemResult]:
+    """Write chosen samples of planned inputs at full resolution, under the names ``--separate`` gives them
+    (``photo.colorized-3.png``) and with the same pixels: the same model, seed and sample numbers give the
+    same colorizations. ``numbers[i]``: the 1-based samples wanted of ``items[i]``. No sheet is written."""
+    model_name = colorizer.info.get("model")
+    for item, wanted in zip(items, numbers):
+        if item.conflict is not None:
+            yield ItemResult(str(item.path), "failed", error=item.conflict)
+            continue
+        dec = _decode(item, overwrite=True, max_pixels=opts.max_pixels)
+        if dec.error is not None:
+            yield ItemResult(str(item.path), "failed", seconds=time.perf_counter() - dec.started, error=dec.error)
+            continue
+        seed = image_seed(opts.seed, item.rel.as_posix())
+        pred = colorizer.predict([dec.prep.l64], [dec.prep.l224], max(opts.samples, max(wanted)), [seed])[0]
+        h, w = dec.prep.l_full.shape
+        written = []
+        try:
+            source = provenance.Source.of(item.path)
+            for n in wanted:
+                path = item.singles[n - 1]
+                record = source.record(sample=n, weight=round(float(pred.weights[n - 1]), 6), seed=opts.seed,
+                                       model=model_name)
+                _save(path, dec.prep.l_full, dec.alpha, pred.ab[n - 1:n], 1, sheet_gap(h, w), item.fmt, opts,
+                      record)
+                written.append(str(path))
+        except (OSError, ValueError, MemoryError, cv2.error) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip()
+            yield ItemResult(str(item.path), "failed", written, seconds=time.perf_counter() - dec.started,
+                             error=f"cannot write output: {(reason or type(err).__name__).splitlines()[-1]}")
+            continue
+        yield ItemResult(str(item.path), "done", written, [float(pred.weights[n - 1]) for n in wanted],
+                         time.perf_counter() - dec.started)
+
+
 def _name_io_thread() -> None:
     """Name the OS thread (``top -H``, /proc/PID/task/*/comm) so the I/O threads can be told apart."""
     import ctypes
@@ -438,5 +476,5 @@ def run_paths(paths: Iterable[str], colorizer_factory: Callable[[], Colorizer], 
     return found, stream()
 
 
-__all__ = ["BatchOptions", "Discovery", "InputItem", "ItemResult", "colorize_items", "discover",
+__all__ = ["BatchOptions", "Discovery", "InputItem", "ItemResult", "colorize_items", "discover", "pick",
            "plan_outputs", "run_paths", "FORMATS", "ImageReadError"]

@@ -381,6 +381,123 @@ def _run_training(job) -> None:
     reporter.log(f"wrote {path}")
 
 
+# ------------------------------------------------------------------------------------------ pick, info
+
+
+def _read_picks(path: Path) -> list[tuple[str, list[int]]]:
+    """picks.json: {"picks": [{"photo": PATH, "samples": [N, ...]}, ...]} (or the list alone); photo paths
+    relative to the file's folder unless absolute."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise click.BadParameter(f"cannot read {path}: {err}", param_hint="--from") from err
+    rows = data.get("picks") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise click.BadParameter(f"{path}: expected a list of picks", param_hint="--from")
+    out = []
+    for row in rows:
+        if (not isinstance(row, dict) or not isinstance(row.get("photo"), str)
+                or not isinstance(row.get("samples"), list)
+                or not all(isinstance(n, int) and 1 <= n <= 64 for n in row["samples"]) or not row["samples"]):
+            raise click.BadParameter(f"{path}: each pick needs a photo and samples [1..64]", param_hint="--from")
+        photo = Path(row["photo"])
+        out.append((str(photo if photo.is_absolute() else path.parent / photo), sorted(set(row["samples"]))))
+    return out
+
+
+@main.command("pick")
+@click.argument("photo", required=False, type=click.Path(path_type=Path))
+@click.argument("numbers", nargs=-1, type=click.IntRange(1, 64))
+@click.option("--from", "picks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="a picks.json (from the gallery page): many photos and their chosen samples")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="a bundled model's name or a model folder  [default: general]")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="mirror the inputs' tree under this folder (default: beside each photo)")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "auto"]), default="png",
+              show_default=True, help="output format; auto: as the input")
+@click.option("--quality", type=click.IntRange(0, 100), default=None, help="jpg/webp quality; png: zlib effort")
+@click.option("--seed", type=int, default=0, show_default=True, help="as the run whose samples were chosen")
+@click.option("--samples", "-n", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="as the run whose samples were chosen (only draws beyond 8 depend on it)")
+@_device_option
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per photo on stdout")
+def pick_cmd(photo, numbers, picks_file, model, output, fmt, quality, seed, samples, device, as_json):
+    """Write chosen samples of a photo at full resolution: `colorize pick PHOTO 3 5`.
+
+    The files get the names `--separate` gives (PHOTO.colorized-3.png) and the same pixels, for the same
+    model and --seed. `--from picks.json` does a whole set of choices.
+    """
+    import json
+
+    from .batch import BatchOptions, discover, pick, plan_outputs
+    from .checkpoint import CheckpointError
+    from .colorizer import Colorizer
+    from .device import DeviceError
+    from .registry import ModelNotFoundError
+
+    if picks_file is not None:
+        if photo is not None:
+            raise click.UsageError("give PHOTO N... or --from picks.json, not both")
+        wanted = _read_picks(picks_file)
+    else:
+        if photo is None or not numbers:
+            raise click.UsageError("give PHOTO and at least one sample number (or --from picks.json)")
+        wanted = [(str(photo), sorted(set(numbers)))]
+    found = discover([w[0] for w in wanted], recursive=False)
+    for missing in found.missing:
+        click.echo(f"colorize: error: {missing}: no such file", err=True)
+    by_path = {str(Path(p).absolute()): n for p, n in wanted}
+    numbers_of = [by_path.get(str(it.path.absolute()), []) for it in found.items]
+    opts = BatchOptions(samples=max([samples] + [max(n) for n in numbers_of if n]), output_dir=output,
+                        separate=True, fmt=fmt, quality=quality, seed=seed)
+    plan_outputs(found.items, opts)
+    if not found.items:
+        sys.exit(2)
+    try:
+        colorizer = Colorizer.load(model, device)
+    except (ModelNotFoundError, CheckpointError, DeviceError, FileNotFoundError, RuntimeError, ValueError) as err:
+        click.echo(f"colorize: error: {err}", err=True)
+        sys.exit(2)
+    failed = bool(found.missing)
+    for result in pick(found.items, numbers_of, colorizer, opts):
+        if as_json:
+            click.echo(json.dumps(result.to_json()))
+        elif result.status == "failed":
+            click.echo(f"colorize: error: {result.input}: {result.error}", err=True)
+        else:
+            for out in result.outputs:
+                click.echo(f"wrote {out}", err=True)
+        failed |= result.status == "failed"
+    sys.exit(1 if failed else 0)
+
+
+@main.command("info")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per file on stdout")
+def info_cmd(files, as_json):
+    """Say whether FILES are colorizations by colorize, and of what: tool version, model, source photo,
+    sample, weight, seed (the record every png and jpg output carries)."""
+    import json
+
+    from . import provenance
+
+    missing = False
+    for f in files:
+        record = provenance.read(f) if f.is_file() else None
+        missing |= record is None
+        if as_json:
+            click.echo(json.dumps({"file": str(f), "record": record}))
+        elif record is None:
+            click.echo(f"{f}: no colorize record (an original, another tool's, or a webp output)")
+        else:
+            fields = ", ".join(f"{k}: {v}" for k, v in record.items() if k not in ("weights", "mtime_ns"))
+            click.echo(f"{f}: {fields}")
+    sys.exit(1 if missing else 0)
+
+
 # ------------------------------------------------------------------------------------------ models
 
 

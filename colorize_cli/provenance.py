@@ -1,6 +1,7 @@
 """The record every output carries of the input it came from, where standard tools read it.
 
-A small JSON object — ``{"source": "photo.jpg", "size": 148213, "mtime_ns": ..., "tool": "colorize 0.2.0"}``
+A small JSON object — ``{"colorized_by": "colorize 0.2.0", "source": "photo.jpg", "size": 148213, "mtime_ns":
+..., "model": "general", "seed": 0, "sample": 3, "weight": 0.21}``
 — stored as a PNG ``tEXt`` chunk (keyword ``colorize``, after IHDR) or a JPEG comment (``COM`` segment,
 ``colorize:`` + JSON, after SOI); ``exiftool``, ``identify -verbose`` and Pillow show both. WebP outputs
 carry none (their simple container has no place for it): for them, an existing output is taken as done.
@@ -17,7 +18,6 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import __version__
 
@@ -41,8 +41,9 @@ class Source:
         return cls(os.path.basename(os.fspath(path)), st.st_size, st.st_mtime_ns)
 
     def record(self, **extra) -> dict:
-        return {"source": self.name, "size": self.size, "mtime_ns": self.mtime_ns,
-                "tool": f"colorize {__version__}", **extra}
+        """What an output made from this input says: it is a colorization, by what, of which file."""
+        return {"colorized_by": f"colorize {__version__}", "source": self.name, "size": self.size,
+                "mtime_ns": self.mtime_ns, **{k: v for k, v in extra.items() if v is not None}}
 
     def matches(self, record: dict) -> bool:
         return (record.get("source") == self.name and record.get("size") == self.size

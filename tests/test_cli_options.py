@@ -71,3 +71,33 @@ def test_numbered_sheets_sized_to_look_at_and_format_auto(tmp_path, tiny_run):
     assert provenance.read(tmp_path / "scan.colorized.jpg")["samples"] == 8
     bad = CliRunner().invoke(main, [str(tmp_path), "--sheet-size", "tiny"])
     assert bad.exit_code == 2
+
+
+def test_pick_matches_separate_and_info_reads_the_record(tmp_path, tiny_run):
+    run_dir, pick_dir = tmp_path / "run", tmp_path / "pick"
+    run_dir.mkdir(), pick_dir.mkdir()
+    for d in (run_dir, pick_dir):
+        cv2.imwrite(str(d / "photo.jpg"), synthetic_photo(np.random.default_rng(4), 60, 80))
+        os.utime(d / "photo.jpg", ns=(10**18, 10**18))
+    r = CliRunner().invoke(main, [str(run_dir), "--model", str(tiny_run), "--separate", "--seed", "5",
+                                  "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    p = CliRunner().invoke(main, ["pick", str(pick_dir / "photo.jpg"), "3", "7", "--model", str(tiny_run),
+                                  "--seed", "5", "--device", "cpu"])
+    assert p.exit_code == 0, p.output
+    assert sorted(x.name for x in pick_dir.iterdir()) == ["photo.colorized-3.png", "photo.colorized-7.png",
+                                                          "photo.jpg"]
+    for n in (3, 7):
+        assert ((run_dir / f"photo.colorized-{n}.png").read_bytes()
+                == (pick_dir / f"photo.colorized-{n}.png").read_bytes())
+    picks = tmp_path / "picks.json"
+    picks.write_text(json.dumps({"picks": [{"photo": "pick/photo.jpg", "samples": [1]}]}))
+    f = CliRunner().invoke(main, ["pick", "--from", str(picks), "--model", str(tiny_run), "--seed", "5",
+                                  "--device", "cpu"])
+    assert f.exit_code == 0 and (pick_dir / "photo.colorized-1.png").is_file()
+    info = CliRunner().invoke(main, ["info", str(pick_dir / "photo.colorized-3.png"), "--json"])
+    record = json.loads(info.stdout)["record"]
+    assert info.exit_code == 0 and record["sample"] == 3 and record["source"] == "photo.jpg"
+    assert record["colorized_by"].startswith("colorize ") and record["seed"] == 5
+    original = CliRunner().invoke(main, ["info", str(pick_dir / "photo.jpg")])
+    assert original.exit_code == 1 and "no colorize record" in original.output

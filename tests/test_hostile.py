@@ -248,7 +248,8 @@ def test_records_in_png_and_jpeg_outputs(tmp_path, tiny_run):
         assert r.exit_code == 0, r.output
         sheet = provenance.read(tmp_path / f"p.colorized.{fmt}")
         single = provenance.read(tmp_path / f"p.colorized-2.{fmt}")
-        assert sheet["source"] == "p.jpg" and sheet["samples"] == 2 and sheet["tool"].startswith("colorize ")
+        assert sheet["source"] == "p.jpg" and sheet["samples"] == 2 and sheet["colorized_by"].startswith("colorize ")
+        assert sheet["model"] == str(tiny_run) and sheet["seed"] == 0
         assert single["sample"] == 2 and 0 < single["weight"] <= 1
         assert cv2.imread(str(tmp_path / f"p.colorized.{fmt}")) is not None
 
