@@ -100,10 +100,48 @@ class Discovery:
     items: list[InputItem]
     ignored: int = 0          # files that are not images, or outputs of an earlier run
     missing: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)   # "FOLDER: why" for folders that cannot be listed
+    linked: int = 0           # symlinked folders followed
+    loops: list[str] = field(default_factory=list)        # links to a folder already walked (not followed)
 
 
 def _abs(path) -> Path:
     return Path(os.path.abspath(path))   # normalised ('..' resolved as text, links kept), so relative_to holds
+
+
+def _walk(top: Path, found: Discovery) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk, sorted, hidden folders left out, symlinked folders followed once each (a link back to a
+    folder already walked is a loop: reported, not followed), folders that cannot be listed reported."""
+    visited: set[tuple[int, int]] = set()
+
+    def onerror(err: OSError) -> None:
+        found.unreadable.append(f"{err.filename}: cannot list ({err.strerror or err})")
+
+    try:
+        st = os.stat(top)
+        visited.add((st.st_dev, st.st_ino))
+    except OSError:
+        pass
+    for dirpath, dirnames, filenames in os.walk(top, onerror=onerror, followlinks=True):
+        keep = []
+        names = sorted(d for d in dirnames if not d.startswith("."))
+        # real folders claim their place before links to them do
+        for d in sorted(names, key=lambda d: os.path.islink(os.path.join(dirpath, d))):
+            full = os.path.join(dirpath, d)
+            try:
+                st = os.stat(full)
+            except OSError as err:
+                found.unreadable.append(f"{full}: cannot list ({err.strerror or err})")
+                continue
+            if (st.st_dev, st.st_ino) in visited:
+                found.loops.append(full)
+                continue
+            visited.add((st.st_dev, st.st_ino))
+            if os.path.islink(full):
+                found.linked += 1
+            keep.append(d)
+        dirnames[:] = sorted(keep)
+        yield dirpath, dirnames, filenames
 
 
 def discover(paths: Iterable[str], recursive: bool = True) -> Discovery:
@@ -133,11 +171,14 @@ def discover(paths: Iterable[str], recursive: bool = True) -> Discovery:
         path = Path(raw)
         if path.is_dir():
             if recursive:
-                walker = os.walk(path)
+                walker = _walk(path, found)
             else:
-                walker = [(str(path), [], sorted(os.listdir(path)))]
+                try:
+                    walker = [(str(path), [], sorted(os.listdir(path)))]
+                except OSError as err:
+                    found.unreadable.append(f"{path}: cannot list ({err.strerror or err})")
+                    walker = []
             for dirpath, dirnames, filenames in walker:
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
                     full = Path(dirpath) / name
                     if full.is_file():

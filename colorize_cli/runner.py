@@ -77,6 +77,12 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
     found, results = run_paths(paths, load_colorizer, opts, recursive)
     for missing in found.missing:
         _err(f"error: {_printable(missing)}: no such file or folder")
+    for line in found.unreadable:
+        _err(f"error: {_printable(line)}")
+    for loop in found.loops:
+        _err(f"skipped {_printable(loop)}: a link to a folder already walked (a loop or a duplicate)")
+    if found.linked and not quiet and not as_json:
+        _err(f"followed {found.linked} symlinked folder{'s' if found.linked != 1 else ''}")
     if found.missing and not found.items:
         return EXIT_USAGE   # nothing given exists: a usage error; otherwise the rest is done, exit 1
     if dry_run:
@@ -143,7 +149,7 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
             progress.stop()
     elapsed = time.perf_counter() - t0
     _summary(console, counts, found.ignored, elapsed, quiet or as_json)
-    return EXIT_SOME_FAILED if counts["failed"] or found.missing else EXIT_OK
+    return EXIT_SOME_FAILED if counts["failed"] or found.missing or found.unreadable else EXIT_OK
 
 
 def _dry_run(found, opts, as_json: bool) -> int:

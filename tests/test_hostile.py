@@ -267,3 +267,44 @@ def test_bad_model_or_device_is_an_error_even_when_all_is_done(tmp_path, tiny_ru
                  ["--model", tiny_run, "--device", "cuda:9"]):
         r = invoke(photos, "--samples", "1", *args)
         assert r.exit_code == 2 and len(_lines(r.output)) == 1, (args, r.output)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX links and modes")
+def test_unlistable_and_symlinked_folders_are_reported(tmp_path, tiny_run):
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    _photo(root / "real" / "a.jpg")
+    (root / "link").symlink_to(root / "real")          # a symlinked folder: followed once (same folder)
+    (root / "real" / "back").symlink_to(root)          # a loop
+    (root / "other").mkdir()
+    _photo(root / "other" / "b.jpg", 1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _photo(elsewhere / "c.jpg", 2)
+    (root / "outside").symlink_to(elsewhere)            # a symlinked folder outside: followed
+    result = invoke(root, "--model", tiny_run, "--samples", "1", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (elsewhere / "c.colorized.png").is_file() and (root / "real" / "a.colorized.png").is_file()
+    skipped = [ln for ln in _lines(result.output) if "a link to a folder already walked" in ln]
+    assert len(skipped) == 2 and any(ln.split()[2].endswith("root/link:") for ln in skipped)
+    assert "followed 1 symlinked folder" in result.output
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line_and_exit_1(tmp_path, tiny_run, monkeypatch):
+    root = tmp_path / "root"
+    (root / "locked").mkdir(parents=True)
+    _photo(root / "locked" / "d.jpg", 3)
+    _photo(root / "e.jpg", 4)
+    real_scandir = os.scandir
+
+    def scandir(path="."):   # as for a folder without read permission (root could list it anyway)
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = invoke(root, "--model", tiny_run, "--samples", "1", "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in _lines(result.output) if "cannot list" in ln]
+    assert len(lines) == 1 and "locked: cannot list (Permission denied)" in lines[0]
+    assert (root / "e.colorized.png").is_file()
