@@ -316,6 +316,21 @@ def default_int8(device, model) -> bool:
     if device.type != "cpu" or not cpu_has_fast_int8() or not int8_supported():
         return False
     try:
-        return calibration_path(resolve_model(model)).is_file()
+        folder = resolve_model(model)
     except FileNotFoundError:
+        return False
+    return calibration_path(folder).is_file() and int8_verified(folder)
+
+
+def int8_verified(folder) -> bool:
+    """Whether a model's int8 results were measured against its float ones (``card.int8_default`` in its
+    manifest: `colorize evaluate --int8` against without, on its test sets, showed no measurable loss).
+    Only such models get --int8 by default; any model with an int8.json can still ask for it."""
+    import json
+    from pathlib import Path
+
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+        return bool(manifest.get("card", {}).get("int8_default", False))
+    except (OSError, ValueError, AttributeError):
         return False
