@@ -121,17 +121,27 @@ def _build(cvae_cfg: dict, mdn_cfg: dict, cvae_state: dict, mdn_state: dict, vgg
     return cvae, mdn, build_vgg(vgg_state)
 
 
-def load_bundle(folder: str | os.PathLike):
-    """A bundle folder -> (InferenceCVAE, MDN, GreyVGGFeatures, info)."""
-    folder = Path(folder)
+def read_manifest(folder: Path) -> dict:
+    """A bundle's manifest.json, checked for shape (format, the two configs as objects, every part there)."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read bundle manifest in {folder}: {err}") from err
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{folder} is not a colorize bundle")
-    if not isinstance(manifest.get("cvae_config"), dict) or not isinstance(manifest.get("mdn_config"), dict):
-        raise CheckpointError(f"{folder / 'manifest.json'}: no cvae_config / mdn_config objects")
+    for key in ("cvae_config", "mdn_config"):
+        if not isinstance(manifest.get(key), dict):
+            raise CheckpointError(f"{folder / 'manifest.json'}: no {key} object")
+    for name in PARTS:
+        if not part_path(folder, manifest, name).is_file():
+            raise CheckpointError(f"{folder}: missing {name}.pt")
+    return manifest
+
+
+def load_bundle(folder: str | os.PathLike):
+    """A bundle folder -> (InferenceCVAE, MDN, GreyVGGFeatures, info)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
     states = {}
     for name in PARTS:
         path = part_path(folder, manifest, name)
@@ -156,18 +166,7 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     a bundle's manifest has the right shape and its parts exist; a run has vae.pt and mdn.pt."""
     folder = Path(folder)
     if (folder / "manifest.json").is_file():
-        try:
-            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"cannot read bundle manifest in {folder}: {err}") from err
-        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-            raise CheckpointError(f"{folder} is not a colorize bundle")
-        for key in ("cvae_config", "mdn_config"):
-            if not isinstance(manifest.get(key), dict):
-                raise CheckpointError(f"{folder / 'manifest.json'}: no {key} object")
-        for name in PARTS:
-            if not part_path(folder, manifest, name).is_file():
-                raise CheckpointError(f"{folder}: missing {name}.pt")
+        read_manifest(folder)
     elif not (folder / "vae.pt").is_file() or not (folder / "mdn.pt").is_file():
         raise CheckpointError(f"{folder} holds neither a bundle (manifest.json) nor a run (vae.pt and mdn.pt)")
 
