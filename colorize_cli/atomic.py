@@ -73,7 +73,7 @@ def remove_live_temporaries() -> int:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -99,7 +99,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
         full = os.path.join(folder, name)
         try:
             if m.group(1) is not None:
-                if int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+                if int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
                     continue
             elif now - os.stat(full).st_mtime < _UNOWNED_AGE_S:
                 continue

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from . import provenance
-from .atomic import remove_stale_temporaries
+from .atomic import pid_alive, remove_stale_temporaries
 from .colorizer import Colorizer, Prediction, PreparedImage, image_seed, prepare
 from .imageio import (MAX_PIXELS, ImageReadError, encode_image, is_image_path, png_level, read_image,
                       write_atomic, write_png_streaming)
@@ -75,6 +75,7 @@ class InputItem:
     singles: list[Path] = field(default_factory=list)
     conflict: str | None = None   # why it cannot have an output of its own (never overwrite another's)
     fmt: str = "png"              # its outputs' format (--format, or the input's own under auto)
+    claim: Path | None = None     # this run's claim on it while it is being colorized (see _claim)
 
 
 @dataclass
@@ -271,21 +272,75 @@ class _Decoded:
     started: float
 
 
-def _decode(item: InputItem, overwrite: bool = True,
-            max_pixels: int = MAX_PIXELS) -> _Decoded | ItemResult:
+CLAIM_SUFFIX = ".colorize-claim"
+
+
+def _claim(item: InputItem) -> str | None:
+    """Claim an input for this run before colorizing it, so a second run started meanwhile (an overlapping
+    cron job) leaves it alone: a file ``.SHEET.colorize-claim`` made with O_EXCL, holding this process's pid.
+    A claim whose pid is gone (a killed run) is taken over. Returns None when claimed (or when no claim can
+    be made: the write will say why), else the other run's pid as text."""
+    path = item.sheet.parent / f".{item.sheet.name}{CLAIM_SUFFIX}"
+    for _ in range(2):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text(encoding="ascii").strip() or "0")
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and pid_alive(owner):
+                return str(owner)
+            try:   # stale (its run is gone) or unreadable: take it over
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return None
+            continue
+        except OSError:
+            return None
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(f"{os.getpid()}\n")
+        item.claim = path
+        return None
+    return None
+
+
+def release(item: InputItem) -> None:
+    if item.claim is not None:
+        try:
+            item.claim.unlink()
+        except OSError:
+            pass
+        item.claim = None
+
+
+def _decode(item: InputItem, overwrite: bool = True, max_pixels: int = MAX_PIXELS,
+            claim: bool = True) -> _Decoded | ItemResult:
     """Read and prepare one input in a worker thread (or skip it when its outputs exist and not ``overwrite``:
     the check's file lookups run here, not in the batch loop's thread)."""
     if item.conflict is not None:
         return ItemResult(str(item.path), "failed", error=item.conflict)
     if not overwrite and _is_done(item):
         return ItemResult(str(item.path), "skipped", [str(item.sheet)])
+    other = _claim(item) if claim else None
+    if other is not None:
+        return ItemResult(str(item.path), "skipped", [str(item.sheet)],
+                          error=f"being colorized by another run (pid {other})")
+    if claim and not overwrite and _is_done(item):   # another run finished it between the check and the claim
+        release(item)
+        return ItemResult(str(item.path), "skipped", [str(item.sheet)])
     t0 = time.perf_counter()
     try:
         img = read_image(item.path, max_pixels)
         prep = prepare(img.bgr)
     except ImageReadError as err:
+        release(item)
         return _Decoded(item, None, None, str(err), t0)
     except MemoryError:
+        release(item)
         return _Decoded(item, None, None, "out of memory while decoding", t0)
     return _Decoded(item, prep, img.alpha, None, t0)
 
@@ -309,6 +364,13 @@ def _save_whole(path: Path, img: np.ndarray, fmt: str, opts: BatchOptions, recor
 
 
 def _write(dec: _Decoded, pred: Prediction, opts: BatchOptions, model: str | None = None) -> ItemResult:
+    try:
+        return _write_outputs(dec, pred, opts, model)
+    finally:
+        release(dec.item)
+
+
+def _write_outputs(dec: _Decoded, pred: Prediction, opts: BatchOptions, model: str | None) -> ItemResult:
     item = dec.item
     l_full, alpha, ab, weights = dec.prep.l_full, dec.alpha, pred.ab, pred.weights
     h, w = l_full.shape
@@ -462,7 +524,7 @@ def pick(items: list[InputItem], numbers: list[list[int]], colorizer: Colorizer,
         if item.conflict is not None:
             yield ItemResult(str(item.path), "failed", error=item.conflict)
             continue
-        dec = _decode(item, overwrite=True, max_pixels=opts.max_pixels)
+        dec = _decode(item, overwrite=True, max_pixels=opts.max_pixels, claim=False)
         if dec.error is not None:
             yield ItemResult(str(item.path), "failed", seconds=time.perf_counter() - dec.started, error=dec.error)
             continue

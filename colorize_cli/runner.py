@@ -120,7 +120,8 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
                 (progress.console.print(f"[red]error[/red] {line}", highlight=False) if interactive
                  else _err(f"error: {line}"))
             elif not quiet and not as_json and not interactive:
-                verb = "colorized" if result.status == "done" else "skipped (exists)"
+                verb = ("colorized" if result.status == "done"
+                        else f"skipped ({result.error or 'exists'})")
                 click.echo(f"{verb} {_printable(result.input)} -> "
                            f"{_printable(result.outputs[-1]) if result.outputs else ''}", err=True)
             if interactive:

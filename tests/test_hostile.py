@@ -308,3 +308,36 @@ def test_a_folder_that_cannot_be_listed_is_one_line_and_exit_1(tmp_path, tiny_ru
     lines = [ln for ln in _lines(result.output) if "cannot list" in ln]
     assert len(lines) == 1 and "locked: cannot list (Permission denied)" in lines[0]
     assert (root / "e.colorized.png").is_file()
+
+
+def test_two_overlapping_runs_do_each_photo_once(tmp_path, tiny_run):
+    import time
+
+    rng = np.random.default_rng(11)
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for i in range(10):
+        cv2.imwrite(str(folder / f"p{i:02d}.png"), synthetic_photo(rng, 500, 400))
+    cmd = [sys.executable, "-m", "colorize_cli", str(folder), "--model", str(tiny_run), "--samples", "4",
+           "--device", "cpu", "--batch-size", "1", "--json", "--cpu-streams", "1"]
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(folder.glob(".*.colorize-claim")):
+        time.sleep(0.01)
+    second = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out1, _ = first.communicate(timeout=300)
+    out2, _ = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0
+    done = [json.loads(ln)["input"] for out in (out1, out2) for ln in out.splitlines()
+            if json.loads(ln)["status"] == "done"]
+    assert sorted(done) == sorted(str(p) for p in folder.glob("p*.png") if ".colorized" not in p.name)
+    assert not list(folder.glob(".*.colorize-claim")) and not list(folder.glob(".colorize-*"))
+
+
+def test_a_killed_runs_claim_does_not_block(tmp_path, tiny_run):
+    _photo(tmp_path / "a.jpg")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".a.colorized.png.colorize-claim").write_text(dead.stdout)
+    result = invoke(tmp_path, "--model", tiny_run, "--samples", "1", "--device", "cpu")
+    assert result.exit_code == 0 and (tmp_path / "a.colorized.png").is_file(), result.output
+    assert not (tmp_path / ".a.colorized.png.colorize-claim").exists()
