@@ -218,10 +218,9 @@ class Colorizer:
                                 f"make one with `colorize calibrate PHOTOS --model {path}`")
             calibration = Int8Calibration.load(calibration_path(path))
         cvae, mdn, vgg, info = load_run(path)
-        from .registry import BUNDLED, DEFAULT_MODEL
+        from .registry import model_name
 
-        name = os.fspath(model) if model is not None else DEFAULT_MODEL
-        info = {**info, "model": name if name in BUNDLED else str(path)}   # named in every output's record
+        info = {**info, "model": model_name(path)}   # named in every output's record
         return cls(cvae, mdn, vgg, device, bf16, info, compile_backend, cuda_graphs, calibration, cpu_streams)
 
     @torch.no_grad()

@@ -55,6 +55,16 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     return path
 
 
+def model_name(folder: str | os.PathLike) -> str:
+    """How outputs name a model: a bundled model's name, else its folder as given."""
+    resolved = Path(folder).resolve()
+    for name in BUNDLED:
+        path = bundled_path(name)
+        if path is not None and path.resolve() == resolved:
+            return name
+    return os.fspath(folder)
+
+
 @dataclass
 class ModelInfo:
     name: str

@@ -137,6 +137,10 @@ def test_bundled_models_by_name():
     general = Colorizer.load(device="cpu")
     assert general.info["source"].endswith("general")
     assert Colorizer.load("faces", "cpu").info["source"].endswith("faces")
+    # outputs name a bundled model by its name, however it was given (the CLI passes the resolved folder)
+    assert general.info["model"] == "general"
+    assert registry.model_name(registry.bundled_path("faces")) == "faces"
+    assert registry.model_name("some/run") == "some/run"
     total = sum(p.stat().st_size for p in registry.weights_root().rglob("*") if p.is_file())
     assert total <= 90 * 2**20
 

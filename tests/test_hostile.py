@@ -27,6 +27,20 @@ def _photo(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def _photo_folder(folder: Path, n: int, h: int, w: int, seed: int) -> Path:
+    """n synthetic PNG photos of h x w: large enough that a run is still busy when a test acts on it."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"p{i:02d}.png"), synthetic_photo(rng, h, w))
+    return folder
+
+
+def _command(folder: Path, model: Path, *args: str) -> list[str]:
+    """`colorize FOLDER --model MODEL --device cpu ARGS` for a subprocess (signals, concurrent runs)."""
+    return [sys.executable, "-m", "colorize_cli", str(folder), "--model", str(model), "--device", "cpu", *args]
+
+
 def _lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()]
 
@@ -136,13 +150,8 @@ def test_sigterm_and_sighup_end_like_ctrl_c(tmp_path, tiny_run, sig):
     import signal
     import time
 
-    rng = np.random.default_rng(3)
-    folder = tmp_path / "big"
-    folder.mkdir()
-    for i in range(16):
-        cv2.imwrite(str(folder / f"p{i:02d}.png"), synthetic_photo(rng, 900, 700))
-    cmd = [sys.executable, "-m", "colorize_cli", str(folder), "--model", str(tiny_run), "--samples", "8",
-           "--device", "cpu", "--batch-size", "2", "--separate"]
+    folder = _photo_folder(tmp_path / "big", 16, 900, 700, seed=3)
+    cmd = _command(folder, tiny_run, "--samples", "8", "--batch-size", "2", "--separate")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list(folder.glob("*.colorized.png")):
@@ -313,13 +322,8 @@ def test_a_folder_that_cannot_be_listed_is_one_line_and_exit_1(tmp_path, tiny_ru
 def test_two_overlapping_runs_do_each_photo_once(tmp_path, tiny_run):
     import time
 
-    rng = np.random.default_rng(11)
-    folder = tmp_path / "archive"
-    folder.mkdir()
-    for i in range(10):
-        cv2.imwrite(str(folder / f"p{i:02d}.png"), synthetic_photo(rng, 500, 400))
-    cmd = [sys.executable, "-m", "colorize_cli", str(folder), "--model", str(tiny_run), "--samples", "4",
-           "--device", "cpu", "--batch-size", "1", "--json", "--cpu-streams", "1"]
+    folder = _photo_folder(tmp_path / "archive", 10, 500, 400, seed=11)
+    cmd = _command(folder, tiny_run, "--samples", "4", "--batch-size", "1", "--json", "--cpu-streams", "1")
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not list(folder.glob(".*.colorize-claim")):
