@@ -23,11 +23,22 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-#: temporaries are named ``.colorize-<pid>-<random>.part``: the pid says which run owns one
+def _host_tag() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+#: this machine, in temporaries' names and claims: on storage shared by several machines (a cluster), a
+#: pid says whether its process lives only on the machine that wrote it
+HOST = _host_tag()
+#: temporaries are named ``.colorize-<pid>-h<host>-<random>.part``: the pid and host say which run owns one
 TEMP_PREFIX, TEMP_SUFFIX = ".colorize-", ".part"
-_TEMP_NAME = re.compile(r"^\.colorize-(?:(\d+)-)?[A-Za-z0-9_]+\.part$")
-#: temporaries of an older naming (no pid) are taken as abandoned after this long
-_UNOWNED_AGE_S = 3600
+_TEMP_NAME = re.compile(r"^\.colorize-(?:(\d+)-)?(?:h([0-9a-f]{8})-)?[A-Za-z0-9_]+\.part$")
+#: temporaries and claims whose owner cannot be checked (another machine's, or an older naming without a
+#: pid) are taken as abandoned after this long
+FOREIGN_AGE_S = 3600
 
 _live: set[str] = set()          # this process's temporaries being written
 _live_lock = threading.Lock()
@@ -38,7 +49,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a hidden temporary file beside ``path``; on success it replaces ``path``, on error it vanishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-h{HOST}-", suffix=TEMP_SUFFIX, dir=path.parent)
     with _live_lock:
         _live.add(tmp)
     try:
@@ -83,25 +94,31 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def owner_alive(pid: int | None, host: str | None, mtime: float) -> bool:
+    """Whether the process that made a temporary or a claim may still be at work: this machine's (``host``
+    None or ours) by its pid; another machine's, or one without a pid, by its age (FOREIGN_AGE_S)."""
+    if pid is not None and host in (None, HOST):
+        return pid == os.getpid() or pid_alive(pid)
+    return time.time() - mtime < FOREIGN_AGE_S
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Remove temporaries in ``folder`` that no live run owns: those of a pid that is gone (a run killed with
-    SIGKILL, or a machine that rebooted), and unowned ones of an older naming after an hour."""
+    """Remove temporaries in ``folder`` that no live run owns: those of a pid that is gone on this machine (a
+    run killed with SIGKILL, or a machine that rebooted), and those of another machine or of an older
+    naming after an hour."""
     removed = 0
     try:
         names = os.listdir(folder)
     except OSError:
         return 0
-    now = time.time()
     for name in names:
         m = _TEMP_NAME.match(name)
         if m is None:
             continue
         full = os.path.join(folder, name)
         try:
-            if m.group(1) is not None:
-                if int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
-                    continue
-            elif now - os.stat(full).st_mtime < _UNOWNED_AGE_S:
+            pid = int(m.group(1)) if m.group(1) is not None else None
+            if owner_alive(pid, m.group(2), os.stat(full).st_mtime):
                 continue
             os.unlink(full)
             removed += 1

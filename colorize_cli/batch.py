@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from . import provenance
-from .atomic import pid_alive, remove_stale_temporaries
+from .atomic import HOST, owner_alive, remove_stale_temporaries
 from .colorizer import Colorizer, Prediction, PreparedImage, image_seed, prepare
 from .imageio import (MAX_PIXELS, ImageReadError, encode_image, is_image_path, png_level, read_image,
                       write_atomic, write_png_streaming)
@@ -65,6 +65,8 @@ class BatchOptions:
     max_pixels: int = MAX_PIXELS        # inputs larger than this (from their header) are refused
     device_sheets: bool | None = None   # merge sheets on the model's device; None: where it is a GPU
                                         # (either way only inputs up to DEVICE_SHEET_MAX_PIXELS)
+    run_id: str = field(default_factory=lambda: f"{HOST}-{os.getpid()}-{time.time_ns()}")
+                                        # in this run's claims: a Ray job's retried inputs are its own
 
 
 @dataclass
@@ -275,24 +277,28 @@ class _Decoded:
 CLAIM_SUFFIX = ".colorize-claim"
 
 
-def _claim(item: InputItem) -> str | None:
+def _claim(item: InputItem, run_id: str = "") -> str | None:
     """Claim an input for this run before colorizing it, so a second run started meanwhile (an overlapping
-    cron job) leaves it alone: a file ``.SHEET.colorize-claim`` made with O_EXCL, holding this process's pid.
-    A claim whose pid is gone (a killed run) is taken over. Returns None when claimed (or when no claim can
-    be made: the write will say why), else the other run's pid as text."""
+    cron job) leaves it alone: a file ``.SHEET.colorize-claim`` made with O_EXCL, holding this process's pid,
+    machine and run. A claim of this same run (an input retried after a Ray actor died) is taken over, and
+    so is one whose process is gone (a killed run; another machine's after an hour: atomic.owner_alive).
+    Returns None when claimed (or when no claim can be made: the write will say why), else the other run's
+    pid as text."""
     path = item.sheet.parent / f".{item.sheet.name}{CLAIM_SUFFIX}"
     for _ in range(2):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
+            pid, host, run = _read_claim(path)
             try:
-                owner = int(path.read_text(encoding="ascii").strip() or "0")
-            except (OSError, ValueError):
-                owner = 0
-            if owner and owner != os.getpid() and pid_alive(owner):
-                return str(owner)
-            try:   # stale (its run is gone) or unreadable: take it over
+                mtime = path.stat().st_mtime
+            except OSError:
+                mtime = 0.0
+            if pid and run != run_id and (pid != os.getpid() or host not in (None, HOST)) and owner_alive(
+                    pid, host, mtime):
+                return str(pid)
+            try:   # stale (its run is gone), ours, or unreadable: take it over
                 path.unlink()
             except FileNotFoundError:
                 pass
@@ -302,10 +308,20 @@ def _claim(item: InputItem) -> str | None:
         except OSError:
             return None
         with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(f"{os.getpid()}\n")
+            f.write(f"{os.getpid()} {HOST} {run_id}\n")
         item.claim = path
         return None
     return None
+
+
+def _read_claim(path: Path) -> tuple[int, str | None, str | None]:
+    """A claim's (pid, host, run); a claim of an older version holds the pid alone."""
+    try:
+        parts = path.read_text(encoding="ascii").split()
+        return int(parts[0]) if parts else 0, (parts[1] if len(parts) > 1 else None), (
+            parts[2] if len(parts) > 2 else None)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return 0, None, None
 
 
 def release(item: InputItem) -> None:
@@ -318,14 +334,14 @@ def release(item: InputItem) -> None:
 
 
 def _decode(item: InputItem, overwrite: bool = True, max_pixels: int = MAX_PIXELS,
-            claim: bool = True) -> _Decoded | ItemResult:
+            claim: bool = True, run_id: str = "") -> _Decoded | ItemResult:
     """Read and prepare one input in a worker thread (or skip it when its outputs exist and not ``overwrite``:
     the check's file lookups run here, not in the batch loop's thread)."""
     if item.conflict is not None:
         return ItemResult(str(item.path), "failed", error=item.conflict)
     if not overwrite and _is_done(item):
         return ItemResult(str(item.path), "skipped", [str(item.sheet)])
-    other = _claim(item) if claim else None
+    other = _claim(item, run_id) if claim else None
     if other is not None:
         return ItemResult(str(item.path), "skipped", [str(item.sheet)],
                           error=f"being colorized by another run (pid {other})")
@@ -437,7 +453,7 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
         def refill() -> None:
             while pending_items and len(decoding) < lookahead:
                 decoding.append(pool.submit(_decode, pending_items.popleft(), opts.overwrite,
-                                            opts.max_pixels))
+                                            opts.max_pixels, True, opts.run_id))
 
         def drain(limit: int) -> Iterator[ItemResult]:
             # wait while more than ``limit`` writes (or HELD_SHEET_BYTES of sheets) are in flight; pass on

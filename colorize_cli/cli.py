@@ -142,12 +142,17 @@ def _resolve_device(spec: str):
               help="list what would be colorized or skipped, and where the outputs would go; write nothing")
 @click.option("--null", "-0", "null", is_flag=True,
               help="paths on stdin (-) end with NUL, not newline (find -print0, as xargs -0)")
+@click.option("--ray", is_flag=True,
+              help="run on a Ray cluster (RAY_ADDRESS, else a local Ray): needs the [ray] extra")
+@click.option("--ray-actors", type=click.IntRange(1), default=None,
+              help="with --ray: colorizing actors, each holding one model  [default: one per GPU, else one per "
+                   "4 CPUs]")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
 @click.option("--quiet", "-q", is_flag=True, help="only errors on stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, device, batch_size, seed, overwrite,
             recursive, bf16, workers, merge_on, compile_networks, cuda_graphs, int8, cpu_streams, max_pixels, dry_run,
-            null, as_json, quiet, debug):
+            ray, ray_actors, null, as_json, quiet, debug):
     """Colorize photos: files and folders (walked recursively); ``-`` reads paths from stdin.
 
     Writes PHOTO.colorized.png (a sheet of the samples, most probable first) beside each input, or under
@@ -177,13 +182,26 @@ def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, d
             expanded.extend(_stdin_paths(null))
         else:
             expanded.append(p)
-    code = run_batch_command(expanded, samples=samples, model=model, output=output, separate=separate, fmt=fmt,
-                             sheet_size=sheet_size,
-                             quality=quality, device_spec=device, batch_size=batch_size, seed=seed,
-                             overwrite=overwrite, recursive=recursive, bf16=bf16, workers=workers, merge_on=merge_on,
-                             compile_networks=compile_networks, cuda_graphs=cuda_graphs, int8=int8,
-                             cpu_streams=cpu_streams, max_pixels=max_pixels, dry_run=dry_run,
-                             as_json=as_json, quiet=quiet, debug=debug)
+    from .batch import BatchOptions
+    from .colorizer import LoadOptions
+    from .imageio import MAX_PIXELS
+    from .runner import COMPILE_BACKEND, RunOptions
+
+    batch = BatchOptions(samples=samples, output_dir=output, separate=separate, fmt=fmt, quality=quality,
+                         sheet_size=sheet_size, batch_size=batch_size, seed=seed, overwrite=overwrite,
+                         max_pixels=max_pixels or MAX_PIXELS,
+                         device_sheets={"auto": None, "device": True, "cpu": False}[merge_on])
+    if workers:
+        batch.workers = workers
+    from .registry import model_name
+
+    # a bundled model by its name (each Ray node finds its own copy), any other folder by its absolute path
+    load = LoadOptions(model=model_name(os.path.abspath(model)), device=device, bf16=bf16, int8=int8,
+                       compile_backend=COMPILE_BACKEND if compile_networks else None, cuda_graphs=cuda_graphs,
+                       cpu_streams=cpu_streams)
+    code = run_batch_command(expanded, RunOptions(batch, load, recursive=recursive, dry_run=dry_run,
+                                                  as_json=as_json, quiet=quiet, debug=debug, ray=ray,
+                                                  ray_actors=ray_actors))
     sys.exit(code)
 
 
@@ -336,11 +354,11 @@ def train_vae_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, 
     from .train import VAE_DEFAULTS, TrainConfig, train_vae
 
     spec = _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey)
-    dev = _resolve_device(device)
+    dist, dev = _training_processes(_resolve_device(device))
     cfg = TrainConfig(epochs=epochs or VAE_DEFAULTS.epochs, batch_size=batch_size, lr=lr or VAE_DEFAULTS.lr,
                       kl_weight=kl_weight, prior=prior, bf16=_bf16_default(bf16, dev), seed=seed,
                       max_images=max_images, augment=augment)
-    _run_training(lambda rep: train_vae(spec, out, cfg, dev, rep, resume))
+    _run_training(lambda rep: train_vae(spec, out, cfg, dev, rep, resume, dist=dist), dist)
 
 
 @train.command("mdn")
@@ -358,27 +376,44 @@ def train_mdn_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, 
     from .train import MDN_DEFAULTS, TrainConfig, train_mdn
 
     spec = _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey)
-    dev = _resolve_device(device)
+    dist, dev = _training_processes(_resolve_device(device))
     cfg = TrainConfig(epochs=epochs or MDN_DEFAULTS.epochs, batch_size=batch_size, lr=lr or MDN_DEFAULTS.lr,
                       bf16=_bf16_default(bf16, dev), seed=seed, max_images=max_images, augment=augment,
                       mdn_loss=mdn_loss)
-    _run_training(lambda rep: train_mdn(spec, out, cfg, dev, vae_path, vgg_weights, rep, resume))
+    _run_training(lambda rep: train_mdn(spec, out, cfg, dev, vae_path, vgg_weights, rep, resume, dist=dist), dist)
 
 
-def _run_training(job) -> None:
+def _training_processes(device):
+    """Under torchrun (WORLD_SIZE > 1): join the process group, each process on its LOCAL_RANK's GPU."""
+    from .distributed import from_env
+
+    try:
+        return from_env(device)
+    except (RuntimeError, ValueError, KeyError) as err:
+        click.echo(f"colorize: error: cannot join the training processes: {err}", err=True)
+        sys.exit(1)
+
+
+def _run_training(job, dist) -> None:
     from .checkpoint import CheckpointError
+    from .distributed import shutdown
     from .vgg import VGGWeightsError
 
     reporter = _RichReporter()
     try:
         path = job(reporter)
     except (VGGWeightsError, CheckpointError, FileExistsError, ValueError) as err:
-        click.echo(f"colorize: error: {err}", err=True)
+        if dist.main:
+            click.echo(f"colorize: error: {err}", err=True)
         sys.exit(2 if isinstance(err, FileExistsError) else 1)
     except KeyboardInterrupt:
-        click.echo("colorize: interrupted; continue with --resume", err=True)
+        if dist.main:
+            click.echo("colorize: interrupted; continue with --resume", err=True)
         sys.exit(130)
-    reporter.log(f"wrote {path}")
+    finally:
+        shutdown(dist)
+    if dist.main:
+        reporter.log(f"wrote {path}")
 
 
 # ------------------------------------------------------------------------------------------ pick, info

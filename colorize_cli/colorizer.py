@@ -351,6 +351,30 @@ class Colorizer:
         return outs, pred.weights
 
 
+@dataclass
+class LoadOptions:
+    """How to load a Colorizer: the command line's model flags as one value, which a Ray actor receives to
+    load the same model on its own device. ``None`` means the default the CLI documents."""
+
+    model: str | None = None               # a bundled model's name or a model folder; None: the default
+    device: str = "auto"                   # auto: CUDA when present, else CPU
+    bf16: bool | None = None               # None: on CUDA and on CPUs with fast bf16
+    int8: bool | None = None               # None: where the CPU's int8 units are fast and the model measured it
+    compile_backend: str | None = None     # torch.compile backend, or None (eager)
+    cuda_graphs: bool = True
+    cpu_streams: int | None = None
+
+    def load(self, device: str | None = None) -> "Colorizer":
+        """The Colorizer (on ``device`` when given, else ``self.device``)."""
+        from .device import resolve_device
+
+        dev = resolve_device(device or self.device)
+        # int8 is eager-only: under torch.compile the default is off
+        int8 = self.int8 if self.int8 is not None or self.compile_backend is None else False
+        return Colorizer.load(self.model, dev, self.bf16, self.compile_backend,
+                              self.cuda_graphs and dev.type == "cuda", int8, self.cpu_streams)
+
+
 class QueuedPredictions:
     """A batch's predictions being computed in a CPU stream's thread."""
 

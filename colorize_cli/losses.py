@@ -29,7 +29,8 @@ MDN_LOSSES = ("nearest", "soft")
 
 
 def mdn_loss(means: torch.Tensor, weights: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-             generator: torch.Generator | None = None, kind: str = "nearest") -> tuple[torch.Tensor, torch.Tensor]:
+             generator: torch.Generator | None = None, kind: str = "nearest",
+             eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The seed's MDN loss against a sample z of the (frozen) CVAE posterior.
 
     means (B, K, D), weights (B, K) from the MDN; mu, logvar (B, D) from the colour encoder;
@@ -39,13 +40,15 @@ def mdn_loss(means: torch.Tensor, weights: torch.Tensor, mu: torch.Tensor, logva
     - ``soft``: mean over batch of  -log sum_k pi_k exp(-d_k), the mixture likelihood whose hard-min
       approximation the seed's loss is. Each component's mean and weight are trained by its responsibility
       for z, so the weights track how well each mean explains the colours, not only who is nearest.
+    ``eps`` (B, D): the standard normal draw of z (default: drawn here, from ``generator`` when given).
     Returns (loss, the nearest distance alone).
     """
     if kind not in MDN_LOSSES:
         raise ValueError(f"unknown MDN loss {kind!r}: expected one of {', '.join(MDN_LOSSES)}")
     # a CPU generator (for repeatable test losses) draws on the CPU; otherwise draw where mu lives
-    eps = (torch.randn(mu.shape, generator=generator).to(mu.device) if generator is not None
-           else torch.randn(mu.shape, device=mu.device))
+    if eps is None:
+        eps = (torch.randn(mu.shape, generator=generator).to(mu.device) if generator is not None
+               else torch.randn(mu.shape, device=mu.device))
     z = mu.float() + eps * torch.exp(0.5 * logvar.float())
     dist = torch.sqrt(MDN_DIST_SCALE * (z[:, None, :] - means.float()).pow(2).sum(-1))  # (B, K)
     dist_min, nearest = dist.min(1)

@@ -137,11 +137,14 @@ class CVAE(nn.Module):
         self.cond_encoder = ConditionEncoder()
         self.decoder = Decoder(cfg)
 
-    def forward(self, ab: torch.Tensor, grey: torch.Tensor, z: torch.Tensor | None = None):
-        """Training pass: sample z from the posterior (or use ``z``); returns mu, logvar, ab_out."""
+    def forward(self, ab: torch.Tensor, grey: torch.Tensor, z: torch.Tensor | None = None,
+                eps: torch.Tensor | None = None):
+        """Training pass: sample z = mu + eps * sigma from the posterior (eps ~ N(0, I) unless given, (B,
+        latent)), or use ``z``; returns mu, logvar, ab_out."""
         mu, logvar = self.encoder(ab)
         if z is None:
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            eps = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)
+            z = mu + eps * torch.exp(0.5 * logvar)
         return mu, logvar, self.decoder(z, *self.cond_encoder(grey))
 
     def decode(self, z: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:

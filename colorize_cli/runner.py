@@ -8,9 +8,14 @@ import signal
 import sys
 import time
 import traceback
-from pathlib import Path
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from .batch import BatchOptions
+    from .colorizer import LoadOptions
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 #: torch.compile's backend for --compile
@@ -21,49 +26,44 @@ def _err(message: str) -> None:
     click.echo(f"colorize: {message}", err=True)
 
 
-def run_batch_command(paths: list[str], *, samples: int, model: Path | None, output: Path | None, separate: bool,
-                      fmt: str, quality: int | None, sheet_size: int | None = None, device_spec: str,
-                      batch_size: int | None, seed: int,
-                      overwrite: bool, recursive: bool, bf16: bool | None, workers: int | None, as_json: bool,
-                      merge_on: str = "auto", compile_networks: bool = False, cuda_graphs: bool = True,
-                      int8: bool | None = False, cpu_streams: int | None = None, max_pixels: int | None = None,
-                      dry_run: bool = False, quiet: bool, debug: bool) -> int:
-    from .batch import BatchOptions, run_paths
-    from .imageio import MAX_PIXELS
+@dataclass
+class RunOptions:
+    """Everything the batch command was asked: what to write (``batch``), which model to load (``model``),
+    and how this run talks and where it runs."""
 
-    opts = BatchOptions(samples=samples, output_dir=output, separate=separate, fmt=fmt, quality=quality,
-                        sheet_size=sheet_size,
-                        batch_size=batch_size, seed=seed, overwrite=overwrite, max_pixels=max_pixels or MAX_PIXELS,
-                        device_sheets={"auto": None, "device": True, "cpu": False}[merge_on])
-    if workers:
-        opts.workers = workers
+    batch: "BatchOptions"
+    model: "LoadOptions"
+    recursive: bool = True
+    dry_run: bool = False
+    as_json: bool = False
+    quiet: bool = False
+    debug: bool = False
+    ray: bool = False                  # run on a Ray cluster (ray_engine): RAY_ADDRESS, else a local Ray
+    ray_actors: int | None = None      # colorizing actors (default: one per GPU, else per few CPUs)
+
+
+def run_batch_command(paths: list[str], run: RunOptions) -> int:
+    opts, quiet, as_json, debug = run.batch, run.quiet, run.as_json, run.debug
+    samples = opts.samples
 
     def load_colorizer():
-        from .colorizer import Colorizer
-        from .device import DeviceError, cpu_has_fast_bf16, resolve_device
+        from .device import DeviceError
 
         try:
-            device = resolve_device(device_spec)
+            colorizer = run.model.load()
         except DeviceError as err:
             raise _UsageFailure(str(err)) from err
-        use_bf16 = bf16 if bf16 is not None else (device.type == "cuda" or cpu_has_fast_bf16())
-        from .int8 import default_int8
-
-        use_int8 = int8 if int8 is not None else (default_int8(device, model) and not compile_networks)
-        try:
-            colorizer = Colorizer.load(model, device, use_bf16, COMPILE_BACKEND if compile_networks else None,
-                                       cuda_graphs and device.type == "cuda", use_int8, cpu_streams)
         except (FileNotFoundError, RuntimeError, ValueError) as err:
             if debug:
                 traceback.print_exc()
             raise _UsageFailure(str(err)) from err
-        if compile_networks:
+        if run.model.compile_backend is not None:
             from .batch import default_batch_size
 
             if not quiet and not as_json:
                 _err("compiling the networks (torch.compile; a minute or so)")
             try:
-                seconds = colorizer.warm_up(opts.batch_size or default_batch_size(device.type), samples)
+                seconds = colorizer.warm_up(opts.batch_size or default_batch_size(colorizer.device.type), samples)
             except RuntimeError as err:   # torch's compiler errors (no C++ compiler, no Triton...) are RuntimeErrors
                 if debug:
                     traceback.print_exc()
@@ -74,7 +74,18 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
         return colorizer
 
     _end_like_ctrl_c_on((signal.SIGTERM, getattr(signal, "SIGHUP", None)))
-    found, results = run_paths(paths, load_colorizer, opts, recursive)
+    if run.ray:
+        from .ray_engine import RayUnavailable, run_paths_on_ray
+
+        try:
+            found, results = run_paths_on_ray(paths, run.model, opts, run.recursive, run.ray_actors)
+        except RayUnavailable as err:
+            _err(f"error: {err}")
+            return EXIT_USAGE
+    else:
+        from .batch import run_paths
+
+        found, results = run_paths(paths, load_colorizer, opts, run.recursive)
     for missing in found.missing:
         _err(f"error: {_printable(missing)}: no such file or folder")
     for line in found.unreadable:
@@ -85,7 +96,7 @@ def run_batch_command(paths: list[str], *, samples: int, model: Path | None, out
         _err(f"followed {found.linked} symlinked folder{'s' if found.linked != 1 else ''}")
     if found.missing and not found.items:
         return EXIT_USAGE   # nothing given exists: a usage error; otherwise the rest is done, exit 1
-    if dry_run:
+    if run.dry_run:
         return _dry_run(found, opts, as_json)
 
     console = None

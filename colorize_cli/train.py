@@ -17,8 +17,9 @@ from .augment import Augment
 from .color import LossWeighter, _grey_lut, count_prior, normalize_u8, zhang_prior
 from .data import ConcatCache, ImageCache, batch_indices, build_cache, list_images
 from .device import autocast
+from .distributed import Dist, StepNoise, noise_dropout
 from .losses import kl_loss, mdn_loss, recon_loss
-from .models import CVAE, MDN, CVAEConfig, MDNConfig
+from .models import CVAE, MDN, CVAEConfig, MDNConfig, split_mixture
 from .render import sample_sheet
 from .vgg import build_vgg, resolve_vgg_state
 
@@ -88,6 +89,16 @@ class Reporter:
 
     def progress(self, total: int, description: str) -> "ProgressHandle":
         return ProgressHandle()
+
+
+class QuietReporter(Reporter):
+    """What the training processes other than rank 0 report: nothing (rank 0 speaks for all)."""
+
+    def log(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
 
 
 class ProgressHandle:
@@ -179,8 +190,8 @@ class AugmentedBatches:
     the cache's, so the loss weights are the same table lookup."""
 
     def __init__(self, cache, device: torch.device, weighter: LossWeighter | None, seed: int,
-                 aug: Augment = Augment()):
-        self.cache, self.device, self.aug, self.seed = cache, device, aug, seed
+                 aug: Augment = Augment(), dist: Dist = Dist()):
+        self.cache, self.device, self.aug, self.seed, self.dist = cache, device, aug, seed, dist
         self.table = torch.from_numpy(weighter.table_u8).to(device) if weighter is not None else None
         self.grey_lut = torch.from_numpy(_grey_lut()).to(device)
         self.gen = torch.Generator()
@@ -192,8 +203,9 @@ class AugmentedBatches:
         lab = torch.from_numpy(np.asarray(self.cache.lab64[idx])).to(self.device).permute(0, 3, 1, 2)
         l224 = (torch.from_numpy(np.asarray(self.cache.l224[idx])).to(self.device)[:, None]
                 if with_vgg_input else None)
-        lab, l224 = self.aug.apply(lab.float(), None if l224 is None else l224.float(),
-                                   self.aug.thetas(len(idx), self.gen))
+        # crops drawn for the global batch, this process keeping its rows (distributed.StepNoise's rule)
+        thetas = self.dist.rows(self.aug.thetas(len(idx) * self.dist.world, self.gen))
+        lab, l224 = self.aug.apply(lab.float(), None if l224 is None else l224.float(), thetas)
         lab = lab.round_().clamp_(0, 255)                                   # (B, 3, 64, 64) 8-bit levels
         out = {"ab": lab[:, 1:] * (2 / 255) - 1, "grey": lab[:, :1] * (2 / 255) - 1}
         if self.table is not None:
@@ -257,6 +269,17 @@ def _resume_state(ckpt_path: Path, resume: bool, reporter: Reporter) -> dict | N
     return state
 
 
+def _start(stage: str, cfg: TrainConfig, dist: Dist, reporter: Reporter) -> None:
+    if dist.active:
+        reporter.log(f"{stage}: {dist.world} processes ({dist.backend}), global batch {cfg.batch_size} "
+                     f"({cfg.batch_size // dist.world} per process), lr {cfg.lr:g}")
+
+
+def _epoch_batches(n: int, cfg: TrainConfig, epoch: int) -> list[np.ndarray]:
+    """The epoch's global batches: the same seeded order in every process (each takes ``Dist.shard``)."""
+    return batch_indices(n, cfg.batch_size, _seeded_rng(cfg.seed, epoch), drop_last=True)
+
+
 def _restore(state: dict | None, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
     """Load a resumed checkpoint's weights, optimiser and RNG; returns the epoch to start from."""
     if state is None:
@@ -269,9 +292,13 @@ def _restore(state: dict | None, model: torch.nn.Module, opt: torch.optim.Optimi
 
 def train_vae(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: torch.device,
               reporter: Reporter | None = None, resume: bool = False,
-              model_cfg: CVAEConfig = CVAEConfig()) -> Path:
-    """Stage 1: train the CVAE; writes RUN/vae.pt every epoch, RUN/log.jsonl and RUN/samples/."""
-    reporter = reporter or Reporter()
+              model_cfg: CVAEConfig = CVAEConfig(), dist: Dist | None = None) -> Path:
+    """Stage 1: train the CVAE; writes RUN/vae.pt every epoch, RUN/log.jsonl and RUN/samples/.
+
+    ``dist``: this process's place under torchrun (``distributed.from_env``); rank 0 writes."""
+    dist = dist or Dist()
+    reporter = (reporter or Reporter()) if dist.main else QuietReporter()
+    dist.per_rank_batch(cfg.batch_size)
     paths = RunPaths(Path(out))
     paths.samples.mkdir(parents=True, exist_ok=True)
     state = _resume_state(paths.vae, resume, reporter)
@@ -279,31 +306,40 @@ def train_vae(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
         cfg = replace(TrainConfig(**state["train_config"]), epochs=cfg.epochs)
         model_cfg = CVAEConfig(**state["model_config"])
     torch.manual_seed(cfg.seed)
-    train, test = load_split(spec, paths, reporter, cfg.max_images)
+    with dist.rank0_first():
+        train, test = load_split(spec, paths, reporter, cfg.max_images)
     prior = zhang_prior() if cfg.prior == "zhang" else count_prior(np.asarray(train.lab64[..., 1:]))
     weighter = LossWeighter.from_prior(prior)
 
-    model = CVAE(model_cfg).to(device)
+    noise = StepNoise(cfg.seed, dist, device)
+    model = noise_dropout(CVAE(model_cfg).to(device), noise)
     opt = adam(model.parameters(), cfg.lr, device)
     start_epoch = _restore(state, model, opt)
-    augmented = AugmentedBatches(train, device, weighter, cfg.seed) if cfg.augment else None
+    net = dist.wrap(model, device)
+    _start("vae", cfg, dist, reporter)
+    augmented = AugmentedBatches(train, device, weighter, cfg.seed, dist=dist) if cfg.augment else None
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        batches = batch_indices(len(train), cfg.batch_size, _seeded_rng(cfg.seed, epoch), drop_last=True)
+        net.train()
+        batches = _epoch_batches(len(train), cfg, epoch)
         bar = reporter.progress(len(batches), f"vae epoch {epoch + 1}/{cfg.epochs}")
         t0 = time.perf_counter()
         sums = np.zeros(3)
         if augmented is not None:
             augmented.start_epoch(epoch)
-        for idx in batches:
+        for step, global_idx in enumerate(batches):
+            idx = dist.shard(global_idx)
+            noise.start(epoch, step)
             if augmented is not None:
                 b = augmented.batch(idx)
                 ab, grey, w = b["ab"], b["grey"], b["weights"]
             else:
                 ab, grey, w = _cvae_batch(train, idx, device, weighter)
+            eps = noise.randn((len(idx), model_cfg.latent))
             with autocast(device, cfg.bf16):
-                mu, logvar, pred = model(ab, grey)
-            kl = kl_loss(mu.float(), logvar.float())
+                mu, logvar, pred = net(ab, grey, eps=eps)
+            # the seed's KL is summed over the batch: this process's share times the world size, so that
+            # DDP's average over processes is the global batch's sum
+            kl = kl_loss(mu.float(), logvar.float()) * dist.world
             rec = recon_loss(pred, ab, w)
             loss = kl * cfg.kl_weight + rec
             opt.zero_grad(set_to_none=True)
@@ -314,11 +350,14 @@ def train_vae(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
             sums += (loss.item(), kl.item(), l2.item())
             bar.advance(1, loss=loss.item())
         bar.close()
+        sums = dist.mean(sums)
         seconds = time.perf_counter() - t0
         nb = max(len(batches), 1)
         record = {"stage": "vae", "epoch": epoch + 1, "train_loss": float(sums[0] / nb),
                   "train_kl": float(sums[1] / nb), "train_recon_l2": float(sums[2] / nb), "seconds": round(seconds, 1),
-                  "img_per_s": round(nb * cfg.batch_size / seconds, 1)}
+                  "img_per_s": round(nb * cfg.batch_size / seconds, 1), **_scale(cfg, dist)}
+        if not dist.main:
+            continue   # rank 0 evaluates and writes; the others go on to the next epoch's first all-reduce
         if test is not None:
             record["test_recon_l2"] = evaluate_vae(model, test, device, cfg.batch_size, cfg.bf16, cfg.seed)
         reporter.log(_format_record(record))
@@ -330,13 +369,22 @@ def train_vae(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
         if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == cfg.epochs:
             _sheet_vae(model, test if test is not None else train, device, cfg.bf16,
                        paths.samples / f"vae_epoch{epoch + 1:03d}.png")
+    dist.barrier()   # the others return once the last checkpoint is written
     return paths.vae
+
+
+def _scale(cfg: TrainConfig, dist: Dist) -> dict:
+    """How the run was spread, in every log record: processes, global batch, learning rate."""
+    return {"world_size": dist.world, "global_batch": cfg.batch_size, "lr": cfg.lr}
+
+
+_QUIET_KEYS = ("stage", "epoch", "world_size", "global_batch", "lr")
 
 
 def _format_record(r: dict) -> str:
     parts = [f"{r['stage']} epoch {r['epoch']}"]
     for k, v in r.items():
-        if k not in ("stage", "epoch"):
+        if k not in _QUIET_KEYS:
             parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
     return " | ".join(parts)
 
@@ -455,9 +503,14 @@ def _sheet_mdn(vae: CVAE, mdn: MDN, cache: ImageCache, store: FeatureStore, devi
 
 def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: torch.device,
               vae_path: str | os.PathLike | None = None, vgg_weights: str | None = None,
-              reporter: Reporter | None = None, resume: bool = False, model_cfg: MDNConfig | None = None) -> Path:
-    """Stage 2: train the MDN on VGG features against the frozen CVAE's posterior; writes RUN/mdn.pt."""
-    reporter = reporter or Reporter()
+              reporter: Reporter | None = None, resume: bool = False, model_cfg: MDNConfig | None = None,
+              dist: Dist | None = None) -> Path:
+    """Stage 2: train the MDN on VGG features against the frozen CVAE's posterior; writes RUN/mdn.pt.
+
+    ``dist``: this process's place under torchrun (``distributed.from_env``); rank 0 writes."""
+    dist = dist or Dist()
+    reporter = (reporter or Reporter()) if dist.main else QuietReporter()
+    dist.per_rank_batch(cfg.batch_size)
     paths = RunPaths(Path(out))
     paths.samples.mkdir(parents=True, exist_ok=True)
     vae_path = Path(vae_path) if vae_path else paths.vae
@@ -474,23 +527,25 @@ def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
         vgg_state = resolve_vgg_state(vgg_weights)
     torch.manual_seed(cfg.seed)
     vgg = build_vgg(vgg_state).to(device)
-    train, test = load_split(spec, paths, reporter, cfg.max_images)
+    with dist.rank0_first():
+        train, test = load_split(spec, paths, reporter, cfg.max_images)
 
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else paths.cache
     # with --augment every epoch sees other crops, so VGG runs live on the training set (a GPU's work);
     # without, its features are computed once into a store, as the seed does. The test set is never augmented.
     stores = {}
-    for label, data in (("train", train), ("test", test)):
-        if data is None or (label == "train" and cfg.augment):
-            continue
-        store = FeatureStore(cache_dir / f"vgg-{_store_key(data, vgg_state, cfg.bf16)}.npy", len(data))
-        store.fill(data.l224, vgg, device, cfg.bf16, 64, reporter, label)
-        stores[label] = store
+    with dist.rank0_first():   # rank 0 computes the features; the others open the finished stores
+        for label, data in (("train", train), ("test", test)):
+            if data is None or (label == "train" and cfg.augment):
+                continue
+            store = FeatureStore(cache_dir / f"vgg-{_store_key(data, vgg_state, cfg.bf16)}.npy", len(data))
+            store.fill(data.l224, vgg, device, cfg.bf16, 64, reporter, label)
+            stores[label] = store
     if cfg.augment:
         vgg.eval()
         for p in vgg.parameters():
             p.requires_grad_(False)
-        augmented = AugmentedBatches(train, device, None, cfg.seed)
+        augmented = AugmentedBatches(train, device, None, cfg.seed, dist=dist)
     else:
         del vgg
         augmented = None
@@ -498,18 +553,23 @@ def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
         train_mu, train_logvar = posterior_targets(vae, train, device, cfg.batch_size, cfg.bf16)
     test_targets = posterior_targets(vae, test, device, cfg.batch_size, cfg.bf16) if test is not None else None
 
-    mdn = MDN(model_cfg).to(device)
+    noise = StepNoise(cfg.seed, dist, device)
+    mdn = noise_dropout(MDN(model_cfg).to(device), noise)
     opt = adam(mdn.parameters(), cfg.lr, device)
     start_epoch = _restore(state, mdn, opt)
+    net = dist.wrap(mdn, device)
+    _start("mdn", cfg, dist, reporter)
     for epoch in range(start_epoch, cfg.epochs):
-        mdn.train()
-        batches = batch_indices(len(train), cfg.batch_size, _seeded_rng(cfg.seed, epoch), drop_last=True)
+        net.train()
+        batches = _epoch_batches(len(train), cfg, epoch)
         bar = reporter.progress(len(batches), f"mdn epoch {epoch + 1}/{cfg.epochs}")
         t0 = time.perf_counter()
         sums = np.zeros(2)
         if augmented is not None:
             augmented.start_epoch(epoch)
-        for idx in batches:
+        for step, global_idx in enumerate(batches):
+            idx = dist.shard(global_idx)
+            noise.start(epoch, step)
             if augmented is not None:
                 b = augmented.batch(idx, with_vgg_input=True)
                 with torch.no_grad(), autocast(device, cfg.bf16):
@@ -520,20 +580,25 @@ def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
                 feats = stores["train"].batch(idx, device)
                 t = torch.from_numpy(idx)
                 mu, logvar = train_mu[t].to(device), train_logvar[t].to(device)
+            eps = noise.randn(mu.shape)   # the posterior sample's draw (before dropout's, in every process)
             with autocast(device, cfg.bf16):
-                means, weights = mdn.mixture(feats)
-            loss, dist = mdn_loss(means, weights, mu, logvar, kind=cfg.mdn_loss)
+                means, weights = split_mixture(net(feats), model_cfg.components, model_cfg.latent)
+            loss, nearest = mdn_loss(means, weights, mu, logvar, kind=cfg.mdn_loss, eps=eps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums += (loss.item(), dist.item())
+            sums += (loss.item(), nearest.item())
             bar.advance(1, loss=loss.item())
         bar.close()
+        sums = dist.mean(sums)
         seconds = time.perf_counter() - t0
         nb = max(len(batches), 1)
         record = {"stage": "mdn", "epoch": epoch + 1, "train_loss": float(sums[0] / nb),
                   "train_dist": float(sums[1] / nb),
-                  "seconds": round(seconds, 1), "img_per_s": round(nb * cfg.batch_size / seconds, 1)}
+                  "seconds": round(seconds, 1), "img_per_s": round(nb * cfg.batch_size / seconds, 1),
+                  **_scale(cfg, dist)}
+        if not dist.main:
+            continue
         if test_targets is not None:
             record["test_loss"] = evaluate_mdn(mdn, stores["test"], *test_targets, device, cfg.batch_size,
                                                cfg.bf16, cfg.seed, cfg.mdn_loss)
@@ -552,6 +617,7 @@ def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
             elif "train" in stores:
                 _sheet_mdn(vae, mdn, train, stores["train"], device, cfg.bf16,
                            paths.samples / f"mdn_epoch{epoch + 1:03d}.png")
+    dist.barrier()
     return paths.mdn
 
 
