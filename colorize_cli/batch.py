@@ -40,6 +40,10 @@ DEVICE_SHEET_MAX_PIXELS = 2_000_000
 DEVICE_SHEET_BATCH_BYTES = 512 << 20
 #: GPU-merged sheets waiting for the writers, at most (bytes); the batch loop waits for writes beyond it
 HELD_SHEET_BYTES = 1 << 30
+#: a sheet never has more pixels than this (Pillow's decompression-bomb warning threshold, well under
+#: OpenCV's 2^30 and libpng's million-pixel side): past it the tiles shrink to fit, captioned, so every
+#: sheet opens in common readers. Full-resolution samples come from --separate or `colorize pick`.
+SHEET_MAX_PIXELS = 89_478_485
 #: png sheets above this many pixels are written strip by strip (write_png_streaming); smaller ones whole by
 #: OpenCV, whose encoder (same 'Up' filter and zlib level) took 44-54 ms against 63-68 ms for an LFW sheet
 STREAM_PNG_PIXELS = 16_000_000
@@ -88,10 +92,11 @@ class ItemResult:
     weights: list[float] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)   # what the decoder said (a JPEG corrupt mid-file)
 
     def to_json(self) -> dict:
         return {"input": self.input, "status": self.status, "outputs": self.outputs, "weights": self.weights,
-                "seconds": round(self.seconds, 4), "error": self.error}
+                "seconds": round(self.seconds, 4), "error": self.error, "warnings": self.warnings}
 
 
 def is_output_name(name: str) -> bool:
@@ -272,6 +277,7 @@ class _Decoded:
     alpha: np.ndarray | None
     error: str | None
     started: float
+    warnings: list[str] = field(default_factory=list)
 
 
 CLAIM_SUFFIX = ".colorize-claim"
@@ -358,7 +364,7 @@ def _decode(item: InputItem, overwrite: bool = True, max_pixels: int = MAX_PIXEL
     except MemoryError:
         release(item)
         return _Decoded(item, None, None, "out of memory while decoding", t0)
-    return _Decoded(item, prep, img.alpha, None, t0)
+    return _Decoded(item, prep, img.alpha, None, t0, img.warnings)
 
 
 def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, fmt: str, opts: BatchOptions,
@@ -404,8 +410,9 @@ def _write_outputs(dec: _Decoded, pred: Prediction, opts: BatchOptions, model: s
             written.append(str(path))
         record = source.record(samples=len(ab), weights=[round(float(x), 6) for x in weights], seed=opts.seed,
                                model=model)
-        if opts.sheet_size is not None:
-            _save_whole(item.sheet, captioned_sheet(l_full, alpha, ab, weights, cols, opts.sheet_size), item.fmt,
+        sheet_size = opts.sheet_size if opts.sheet_size is not None else _fitting_tile(h, w, len(ab), cols, gap)
+        if sheet_size is not None:
+            _save_whole(item.sheet, captioned_sheet(l_full, alpha, ab, weights, cols, sheet_size), item.fmt,
                         opts, record)
         elif pred.sheet is not None:
             _save_whole(item.sheet, pred.sheet, item.fmt, opts, record)
@@ -415,9 +422,19 @@ def _write_outputs(dec: _Decoded, pred: Prediction, opts: BatchOptions, model: s
     except (OSError, ValueError, MemoryError, cv2.error) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip() or type(err).__name__
         return ItemResult(str(item.path), "failed", seconds=time.perf_counter() - dec.started,
-                          error=f"cannot write output: {reason.splitlines()[-1]}")
+                          error=f"cannot write output: {reason.splitlines()[-1]}", warnings=dec.warnings)
     return ItemResult(str(item.path), "done", written, [float(w) for w in weights],
-                      time.perf_counter() - dec.started)
+                      time.perf_counter() - dec.started, warnings=dec.warnings)
+
+
+def _fitting_tile(h: int, w: int, n: int, cols: int, gap: int) -> int | None:
+    """None when a full-resolution sheet of n samples fits in SHEET_MAX_PIXELS, else the long side of the
+    tiles that make it fit."""
+    height, width = sheet_shape(h, w, n, cols, gap)
+    if height * width <= SHEET_MAX_PIXELS:
+        return None
+    # captions add a band per row: aim a little under
+    return max(16, int(max(h, w) * (SHEET_MAX_PIXELS / (height * width)) ** 0.5 * 0.95))
 
 
 def _is_done(item: InputItem) -> bool:
@@ -563,7 +580,7 @@ def pick(items: list[InputItem], numbers: list[list[int]], colorizer: Colorizer,
                              error=f"cannot write output: {(reason or type(err).__name__).splitlines()[-1]}")
             continue
         yield ItemResult(str(item.path), "done", written, [float(pred.weights[n - 1]) for n in wanted],
-                         time.perf_counter() - dec.started)
+                         time.perf_counter() - dec.started, warnings=dec.warnings)
 
 
 def _name_io_thread() -> None:

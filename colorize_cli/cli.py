@@ -164,6 +164,7 @@ def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, d
 
     if not paths:
         raise click.UsageError("no PATH given (a photo, a folder, or - for paths on stdin)")
+    _check_output_dir(output)
     from .bundle import check_model_folder
     from .checkpoint import CheckpointError
     from .device import DeviceError, resolve_device
@@ -203,6 +204,19 @@ def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, d
                                                   as_json=as_json, quiet=quiet, debug=debug, ray=ray,
                                                   ray_actors=ray_actors))
     sys.exit(code)
+
+
+def _check_output_dir(output: Path | None) -> None:
+    """--output must be (or be creatable as) a folder: a path inside a file is a usage error, said once,
+    not a failure for every input."""
+    if output is None:
+        return
+    for folder in (output, *output.parents):
+        if os.path.lexists(folder):
+            if not folder.is_dir():
+                what = "is a file" if folder == output else f"is inside {folder}, which is not a folder"
+                raise click.UsageError(f"--output {output} {what}")
+            return
 
 
 def _stdin_paths(null: bool) -> list[str]:
@@ -467,6 +481,7 @@ def pick_cmd(photo, numbers, picks_file, model, output, fmt, quality, seed, samp
     """
     import json
 
+    _check_output_dir(output)
     from .batch import BatchOptions, discover, pick, plan_outputs
     from .checkpoint import CheckpointError
     from .colorizer import Colorizer
@@ -496,16 +511,23 @@ def pick_cmd(photo, numbers, picks_file, model, output, fmt, quality, seed, samp
     except (ModelNotFoundError, CheckpointError, DeviceError, FileNotFoundError, RuntimeError, ValueError) as err:
         click.echo(f"colorize: error: {err}", err=True)
         sys.exit(2)
+    from . import native
+    from .runner import _decoder_said, _printable
+
     failed = bool(found.missing)
-    for result in pick(found.items, numbers_of, colorizer, opts):
-        if as_json:
-            click.echo(json.dumps(result.to_json()))
-        elif result.status == "failed":
-            click.echo(f"colorize: error: {result.input}: {result.error}", err=True)
-        else:
-            for out in result.outputs:
-                click.echo(f"wrote {out}", err=True)
-        failed |= result.status == "failed"
+    with native.capture():   # decoders' stderr lines become the photo's own warning
+        for result in pick(found.items, numbers_of, colorizer, opts):
+            said = _decoder_said(result.warnings)
+            if as_json:
+                click.echo(json.dumps(result.to_json()))
+            elif result.status == "failed":
+                click.echo(f"colorize: error: {_printable(result.input)}: {result.error}", err=True)
+            else:
+                if said:
+                    click.echo(f"colorize: warning: {_printable(result.input)}: {said}", err=True)
+                for out in result.outputs:
+                    click.echo(f"wrote {_printable(out)}", err=True)
+            failed |= result.status == "failed"
     sys.exit(1 if failed else 0)
 
 

@@ -6,13 +6,14 @@ import io
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import cv2
 import numpy as np
 
+from . import native
 from .atomic import atomic_write
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp",
@@ -33,6 +34,7 @@ class LoadedImage:
     alpha: np.ndarray | None   # (H, W) uint8 or None
     source_depth: int          # 8 or 16 bits per channel in the file
     source_channels: int       # 1, 3 or 4
+    warnings: list[str] = field(default_factory=list)   # what the decoder said about the file (native.py)
 
 
 def is_image_path(path: Path) -> bool:
@@ -159,6 +161,22 @@ def _jpeg_header(data: bytes) -> tuple[tuple[int, int], int] | None:
     return (size, orientation) if size is not None else None
 
 
+def _png_orientation(data: bytes) -> int:
+    """The EXIF orientation of a PNG's ``eXIf`` chunk (1 when there is none): a walk over the chunk
+    headers, skipping their data, so it costs nothing next to decoding."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind == b"eXIf":
+            found = _tiff_orientation(data[pos + 8:pos + 8 + length])
+            return found if found is not None else 1
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return 1
+
+
 def _tiff_orientation(tiff: bytes) -> int | None:
     """The Orientation tag (0x0112) of IFD0 of an EXIF block's TIFF structure: 1 when absent, None when malformed."""
     if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
@@ -197,15 +215,17 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> LoadedImage:
         raise ImageReadError("truncated JPEG (no end-of-image marker)")
     buf = np.frombuffer(data, np.uint8)
     try:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        # what libjpeg / libpng / OpenCV print while decoding (a JPEG corrupt in the middle decodes, with
+        # "Corrupt JPEG data: ..." on stderr) becomes this file's warnings during a batch run
+        img, warnings = native.decoding(lambda: cv2.imdecode(buf, cv2.IMREAD_UNCHANGED))
     except cv2.error as err:
         raise ImageReadError(f"cannot decode: {err.msg.strip() if hasattr(err, 'msg') else err}") from err
     if img is None or img.size == 0:
-        raise ImageReadError("not an image, or corrupt")
+        raise ImageReadError("not an image, or corrupt" + (f" ({warnings[-1]})" if warnings else ""))
     depth = 16 if img.dtype == np.uint16 else 8
     if img.ndim == 3 and img.shape[2] == 4 and data[:2] == b"\xff\xd8":
         # a CMYK JPEG: let OpenCV's colour path convert it rather than read C, M, Y, K as B, G, R, A
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        img, _ = native.decoding(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR))   # says the same again
         if img is None:
             raise ImageReadError("cannot decode CMYK JPEG")
     channels = 1 if img.ndim == 2 else img.shape[2]
@@ -229,12 +249,14 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> LoadedImage:
         orientation = jpeg[1]
     elif data[:2] == b"\xff\xd8" or data[:4] in (b"II*\x00", b"MM\x00*") or data[8:12] == b"WEBP":
         orientation = _exif_orientation(data)
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        orientation = _png_orientation(data)
     else:
         orientation = 1
     if orientation != 1:
         bgr = _apply_orientation(bgr, orientation)
         alpha = None if alpha is None else _apply_orientation(alpha, orientation)
-    return LoadedImage(np.ascontiguousarray(bgr), alpha, depth, channels)
+    return LoadedImage(np.ascontiguousarray(bgr), alpha, depth, channels, warnings)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> LoadedImage:

@@ -37,6 +37,8 @@ from .batch import (BatchOptions, Discovery, InputItem, ItemResult, _is_done, co
                     discover, plan_outputs)
 from .colorizer import LoadOptions
 
+#: model batches per actor call (the local engine's stream pipelines within a call)
+CALL_BATCHES = 4
 #: CPUs per colorizing actor on a cluster without GPUs (each runs decoding threads and the model)
 CPUS_PER_ACTOR = 4
 
@@ -190,9 +192,10 @@ def _on_ray(items: list[InputItem], load: LoadOptions, opts: BatchOptions, actor
         raise RayUnavailable(f"--device {load.device} cannot be used with --ray")
     if load.device == "cpu":
         gpus = 0.0
-    per_batch = opts.batch_size or default_batch_size("cuda" if gpus else "cpu")
-    # small enough that every actor gets work, and the stream stays fine-grained
-    per_batch = max(1, min(per_batch, math.ceil(len(items) / (2 * n))))
+    model_batch = opts.batch_size or default_batch_size("cuda" if gpus else "cpu")
+    # what one actor call gets: several model batches, so that inside the call decoding, the model and
+    # writing overlap as in a local run; few enough that every actor gets work
+    per_batch = max(1, min(CALL_BATCHES * model_batch, math.ceil(len(items) / (2 * n))))
     rows = [_item_row(i, it) for i, it in enumerate(items)]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / per_batch)))
     ds = ds.map_batches(_actor_class(load, opts, int(cpus)), batch_size=per_batch, concurrency=n,
@@ -204,4 +207,4 @@ def _on_ray(items: list[InputItem], load: LoadOptions, opts: BatchOptions, actor
         # the driver's own spelling of the paths (relative where the user gave them), as a local run prints
         spelled = {os.path.abspath(p): str(p) for p in (item.sheet, *item.singles)}
         yield ItemResult(str(item.path), r["status"], [spelled.get(o, o) for o in r["outputs"]], r["weights"],
-                         r["seconds"], r["error"])
+                         r["seconds"], r["error"], r.get("warnings", []))

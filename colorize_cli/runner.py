@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,6 +120,12 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
                             TimeRemainingColumn(), console=console, transient=True)
         progress.start()
         task = progress.add_task("colorizing", total=len(found.items), rate="-")
+    from . import native
+
+    # the local engine decodes here: native decoders' stderr lines become the inputs' own (native.py)
+    capturing = contextlib.ExitStack()
+    if not run.ray:
+        capturing.enter_context(native.capture())
     try:
         for result in results:
             counts[result.status] += 1
@@ -126,15 +133,21 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
                 # one line per input as soon as it is done, also into a pipe (`| jq`, a watcher)
                 click.echo(json.dumps(result.to_json()))
                 sys.stdout.flush()
+            said = _decoder_said(result.warnings)
             if result.status == "failed":
-                line = f"{_printable(result.input)}: {result.error}"
+                line = f"{_printable(result.input)}: {result.error}" + (f" ({said})" if said else "")
                 (progress.console.print(f"[red]error[/red] {line}", highlight=False) if interactive
                  else _err(f"error: {line}"))
             elif not quiet and not as_json and not interactive:
                 verb = ("colorized" if result.status == "done"
                         else f"skipped ({result.error or 'exists'})")
                 click.echo(f"{verb} {_printable(result.input)} -> "
-                           f"{_printable(result.outputs[-1]) if result.outputs else ''}", err=True)
+                           f"{_printable(result.outputs[-1]) if result.outputs else ''}"
+                           + (f" (warning: {said})" if said else ""), err=True)
+            elif said and not quiet:
+                line = f"{_printable(result.input)}: {said} (colorized anyway)"
+                (progress.console.print(f"[yellow]warning[/yellow] {line}", highlight=False) if interactive
+                 else _err(f"warning: {line}"))
             if interactive:
                 elapsed = time.perf_counter() - t0
                 rate = f"{counts['done'] / elapsed:.1f}" if elapsed > 0 and counts["done"] else "-"
@@ -159,9 +172,17 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
     finally:
         if progress is not None:
             progress.stop()
+        capturing.close()
     elapsed = time.perf_counter() - t0
     _summary(console, counts, found.ignored, elapsed, quiet or as_json)
     return EXIT_SOME_FAILED if counts["failed"] or found.missing or found.unreadable else EXIT_OK
+
+
+def _decoder_said(warnings: list[str]) -> str:
+    """A decoder's messages about one file, as part of its one line."""
+    unique = list(dict.fromkeys(w.strip() for w in warnings if w.strip()))
+    text = "; ".join(unique[:3]) + ("; ..." if len(unique) > 3 else "")
+    return _printable(text)
 
 
 def _dry_run(found, opts, as_json: bool) -> int:

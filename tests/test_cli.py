@@ -61,7 +61,7 @@ def test_folder_with_edge_cases(photos, tiny_run):
     assert set(by_name) == {p.name for p in photos.rglob("*") if p.is_file() and ".colorized" not in p.name
                             and p.suffix.lower() != ".txt"}
     for o in objects:
-        assert set(o) == {"input", "status", "outputs", "weights", "seconds", "error"}
+        assert set(o) == {"input", "status", "outputs", "weights", "seconds", "error", "warnings"}
         assert o["status"] in {"done", "skipped", "failed"}
     for name in info["bad"]:
         assert by_name[name]["status"] == "failed" and by_name[name]["error"]

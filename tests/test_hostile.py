@@ -345,3 +345,181 @@ def test_a_killed_runs_claim_does_not_block(tmp_path, tiny_run):
     result = invoke(tmp_path, "--model", tiny_run, "--samples", "1", "--device", "cpu")
     assert result.exit_code == 0 and (tmp_path / "a.colorized.png").is_file(), result.output
     assert not (tmp_path / ".a.colorized.png.colorize-claim").exists()
+
+
+# ------------------------------------------------------------------ the corpus through one run (item 10, Also)
+
+
+def _corrupt_middle_jpeg(path: Path) -> Path:
+    """A JPEG with an end-of-image marker in the middle of its scan: libjpeg decodes it, saying "Corrupt JPEG
+    data: premature end of data segment" on stderr, naming no file."""
+    ok, buf = cv2.imencode(".jpg", synthetic_photo(np.random.default_rng(5), 64, 80))
+    data = bytearray(buf.tobytes())
+    data[len(data) // 2:len(data) // 2 + 6] = b"\xff\xd9\x12\x34\x56\x78"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _png_with(path: Path, kind: bytes, body: bytes, crc: int | None = None) -> Path:
+    """A PNG of a synthetic photo with one more chunk before IDAT (``crc``: a wrong checksum)."""
+    import struct
+    import zlib
+
+    ok, buf = cv2.imencode(".png", synthetic_photo(np.random.default_rng(6), 30, 40))
+    data = buf.tobytes()
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(
+        ">I", zlib.crc32(kind + body) if crc is None else crc)
+    path.write_bytes(data[:33] + chunk + data[33:])   # after the 8-byte signature and the 25-byte IHDR
+    return path
+
+
+def _exif_tiff(orientation: int) -> bytes:
+    import struct
+
+    return (b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
+            + struct.pack(">HHI", 0x0112, 3, 1) + struct.pack(">HH", orientation, 0) + struct.pack(">I", 0))
+
+
+def test_a_hostile_corpus_in_one_run(tmp_path, tiny_run):
+    from PIL import Image
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    rgb = cv2.cvtColor(synthetic_photo(np.random.default_rng(9), 40, 60), cv2.COLOR_BGR2RGB)
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(folder / "palette.png")
+    Image.fromarray(rgb).convert("LA").save(folder / "grey_alpha.png")
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+    for o in (6, 8):   # rotated 90 degrees either way: outputs come out 60 high, 40 wide
+        exif = Image.Exif()
+        exif[0x0112] = o
+        Image.fromarray(rgb).save(folder / f"exif{o}.jpg", exif=exif)
+    _png_with(folder / "exif6.png", b"eXIf", _exif_tiff(6))
+    cv2.imwrite(str(folder / "line_1xN.png"), synthetic_photo(np.random.default_rng(1), 1, 300))
+    _photo(folder / "fotó 写真.jpg")
+    _photo(folder / "-n 3.jpg")          # a leading dash: never taken as an option
+    _corrupt_middle_jpeg(folder / "corrupt_middle.jpg")
+    _png_with(folder / "bad_crc.png", b"tEXt", b"Comment\x00hello", crc=1234)
+
+    proc = subprocess.run(_command(folder, tiny_run, "--samples", "2", "--json"), cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = {Path(r["input"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert set(results) == {p.name for p in folder.iterdir() if ".colorized" not in p.name}
+    assert all(r["status"] == "done" for r in results.values()), results
+    for name, r in results.items():
+        sheet = cv2.imread(r["outputs"][-1], cv2.IMREAD_UNCHANGED)
+        assert sheet is not None, name
+    # orientation from EXIF (JPEG) and from a PNG eXIf chunk is applied: 40x60 photos stand 60 high
+    for name in ("exif6.jpg", "exif8.jpg"):
+        sheet = cv2.imread(results[name]["outputs"][-1])
+        assert sheet.shape[0] > sheet.shape[1] / 2, name   # two 40-wide, 60-high tiles side by side
+    png6 = cv2.imread(results["exif6.png"]["outputs"][-1])
+    assert png6.shape[0] == 40 and png6.shape[1] < 2 * 40   # 30x40 turned to 40x30
+    assert cv2.imread(results["grey_alpha.png"]["outputs"][-1], cv2.IMREAD_UNCHANGED).shape[2] == 4
+    # what the decoders printed is each file's own warning, not a line naming no file
+    assert "Corrupt JPEG data" in " ".join(results["corrupt_middle.jpg"]["warnings"])
+    assert "CRC error" in " ".join(results["bad_crc.png"]["warnings"])
+    assert not results["palette.png"]["warnings"] and not results["fotó 写真.jpg"]["warnings"]
+    stderr = _lines(proc.stderr)
+    assert [ln for ln in stderr if "Corrupt JPEG data" in ln] == [
+        f"colorize: warning: {folder / 'corrupt_middle.jpg'}: Corrupt JPEG data: premature end of data segment "
+        f"(colorized anyway)"]
+    assert all("colorize" in ln for ln in stderr), stderr
+
+    # a plain (non-JSON) run folds the warning into the input's own line
+    proc = subprocess.run(_command(folder, tiny_run, "--samples", "2", "--overwrite"), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in _lines(proc.stderr) if "corrupt_middle" in ln or "Corrupt" in ln]
+    assert len(lines) == 1 and lines[0].startswith("colorized ") and "(warning: Corrupt JPEG data" in lines[0]
+
+
+def test_output_inside_a_file_is_a_usage_error(tmp_path, tiny_run):
+    photo = _photo(tmp_path / "a.jpg")
+    (tmp_path / "notes.txt").write_text("a file")
+    for out in (tmp_path / "notes.txt" / "out", tmp_path / "notes.txt"):
+        r = invoke(photo, "--model", tiny_run, "--device", "cpu", "-o", out)
+        assert r.exit_code == 2, r.output
+        assert "not a folder" in r.output or "is a file" in r.output or "file" in r.output
+    assert not list(tmp_path.glob("*.colorized*"))
+
+
+def _tmpfs(where: Path, size: str, *opts: str):
+    """A small tmpfs mounted at ``where`` (root, or a sandbox that permits mounts), else skip."""
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *opts]), "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs")
+@pytest.mark.parametrize("kind", ["full", "read-only"])
+def test_a_full_or_read_only_output_disk(tmp_path, tiny_run, kind):
+    folder = _photo_folder(tmp_path / "in", 6, 300, 400, seed=4)
+    out = tmp_path / "out"
+    _tmpfs(out, "400k" if kind == "full" else "1m", *(["ro"] if kind == "read-only" else []))
+    try:
+        proc = subprocess.run(_command(folder, tiny_run, "--samples", "8", "-o", str(out), "--json"), cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        results = [json.loads(ln) for ln in proc.stdout.splitlines()]
+        failed = [r for r in results if r["status"] == "failed"]
+        assert proc.returncode == 1 and len(results) == 6 and failed, proc.stderr
+        reason = "No space left on device" if kind == "full" else "Read-only file system"
+        for r in failed:
+            assert reason in r["error"], r["error"]
+            assert len([ln for ln in _lines(proc.stderr) if Path(r["input"]).name in ln]) == 1
+        if kind == "full":   # what fits is written whole; nothing half-written stays
+            written = list(out.glob("*.colorized.png"))
+            assert len(written) + len(failed) == 6
+            assert all(cv2.imread(str(p)) is not None for p in written)
+            assert not list(out.glob(".colorize-*")) and not list(out.glob(".*claim"))
+    finally:
+        subprocess.run(["umount", str(out)], capture_output=True)
+
+
+@pytest.mark.parametrize("moment", ["claimed", "writing", "written"])
+def test_kills_at_several_moments_leave_nothing_wrong(tmp_path, tiny_run, moment):
+    """SIGKILL as a photo is claimed, while its temporary is being written, and after its output is in
+    place: whatever has a final name decodes, and a rerun finishes the rest and leaves nothing behind."""
+    import signal
+    import time
+
+    folder = _photo_folder(tmp_path / "big", 4, 1800, 1400, seed=8)
+    cmd = _command(folder, tiny_run, "--samples", "8", "--batch-size", "1", "-q")
+    seen = {"claimed": ".*.colorize-claim", "writing": ".colorize-*.part", "written": "*.colorized.png"}[moment]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(folder.glob(seen)) and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for p in folder.glob("[!.]*.colorized*"):   # final names (not the hidden claims and temporaries)
+        assert cv2.imread(str(p)) is not None, p
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    outs = sorted(folder.glob("*.colorized.png"))
+    assert len(outs) == 4 and all(cv2.imread(str(p)) is not None for p in outs)
+    assert not list(folder.glob(".colorize-*")) and not list(folder.glob(".*.colorize-claim"))
+
+
+def test_sheets_of_large_photos_open_in_common_readers(tmp_path, tiny_run):
+    """A 12 MP scan's full-resolution sheet of 8 would be 97 MP, past Pillow's bomb warning: its tiles shrink
+    to fit (captioned); --separate samples stay full size."""
+    import warnings
+
+    from PIL import Image
+
+    from colorize_cli.batch import SHEET_MAX_PIXELS
+
+    photo = tmp_path / "scan.png"
+    cv2.imwrite(str(photo), cv2.resize(synthetic_photo(np.random.default_rng(2), 300, 400), (4000, 3000)))
+    r = invoke(photo, "--model", tiny_run, "--device", "cpu", "--samples", "8", "--separate", "--json")
+    assert r.exit_code == 0, r.output
+    sheet = tmp_path / "scan.colorized.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # DecompressionBombWarning would fail here
+        with Image.open(sheet) as im:
+            assert im.width * im.height <= SHEET_MAX_PIXELS
+            im.load()
+    assert cv2.imread(str(sheet)) is not None
+    assert cv2.imread(str(tmp_path / "scan.colorized-3.png")).shape[:2] == (3000, 4000)
