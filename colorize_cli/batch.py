@@ -18,7 +18,8 @@ from .atomic import HOST, owner_alive, remove_stale_temporaries
 from .colorizer import Colorizer, Prediction, PreparedImage, image_seed, prepare
 from .imageio import (MAX_PIXELS, ImageReadError, encode_image, is_image_path, png_level, read_image,
                       write_atomic, write_png_streaming)
-from .render import captioned_sheet, sheet_cols, sheet_gap, sheet_shape, sheet_strips, sheet_tile
+from .render import (captioned_sheet, sheet_cols, sheet_gap, sheet_layout, sheet_shape, sheet_strips,
+                     sheet_tile)
 
 OUTPUT_TAG = ".colorized"
 FORMATS = ("png", "jpg", "webp")
@@ -408,9 +409,9 @@ def _write_outputs(dec: _Decoded, pred: Prediction, opts: BatchOptions, model: s
             else:
                 _save(path, l_full, alpha, ab[i:i + 1], 1, gap, item.fmt, opts, record)
             written.append(str(path))
-        record = source.record(samples=len(ab), weights=[round(float(x), 6) for x in weights], seed=opts.seed,
-                               model=model)
         sheet_size = opts.sheet_size if opts.sheet_size is not None else _fitting_tile(h, w, len(ab), cols, gap)
+        record = source.record(samples=len(ab), weights=[round(float(x), 6) for x in weights], seed=opts.seed,
+                               model=model, layout=sheet_layout(h, w, len(ab), sheet_size))
         if sheet_size is not None:
             _save_whole(item.sheet, captioned_sheet(l_full, alpha, ab, weights, cols, sheet_size), item.fmt,
                         opts, record)

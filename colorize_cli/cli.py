@@ -142,6 +142,9 @@ def _resolve_device(spec: str):
               help="list what would be colorized or skipped, and where the outputs would go; write nothing")
 @click.option("--null", "-0", "null", is_flag=True,
               help="paths on stdin (-) end with NUL, not newline (find -print0, as xargs -0)")
+@click.option("--gallery", is_flag=True,
+              help="also write colorized.html: every photo's numbered samples, to choose with a click (in --output, "
+                   "else the deepest folder holding all inputs)")
 @click.option("--ray", is_flag=True,
               help="run on a Ray cluster (RAY_ADDRESS, else a local Ray): needs the [ray] extra")
 @click.option("--ray-actors", type=click.IntRange(1), default=None,
@@ -152,7 +155,7 @@ def _resolve_device(spec: str):
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, device, batch_size, seed, overwrite,
             recursive, bf16, workers, merge_on, compile_networks, cuda_graphs, int8, cpu_streams, max_pixels, dry_run,
-            ray, ray_actors, null, as_json, quiet, debug):
+            gallery, ray, ray_actors, null, as_json, quiet, debug):
     """Colorize photos: files and folders (walked recursively); ``-`` reads paths from stdin.
 
     Writes PHOTO.colorized.png (a sheet of the samples, most probable first) beside each input, or under
@@ -201,7 +204,7 @@ def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, d
                        compile_backend=COMPILE_BACKEND if compile_networks else None, cuda_graphs=cuda_graphs,
                        cpu_streams=cpu_streams)
     code = run_batch_command(expanded, RunOptions(batch, load, recursive=recursive, dry_run=dry_run,
-                                                  as_json=as_json, quiet=quiet, debug=debug, ray=ray,
+                                                  as_json=as_json, quiet=quiet, debug=debug, gallery=gallery, ray=ray,
                                                   ray_actors=ray_actors))
     sys.exit(code)
 
@@ -550,7 +553,7 @@ def info_cmd(files, as_json):
         elif record is None:
             click.echo(f"{f}: no colorize record (an original, another tool's, or a webp output)")
         else:
-            fields = ", ".join(f"{k}: {v}" for k, v in record.items() if k not in ("weights", "mtime_ns"))
+            fields = ", ".join(f"{k}: {v}" for k, v in record.items() if k not in ("weights", "mtime_ns", "layout"))
             click.echo(f"{f}: {fields}")
     sys.exit(1 if missing else 0)
 

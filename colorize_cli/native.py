@@ -76,7 +76,11 @@ class _Capture:
             pass
 
     def _read(self) -> None:
-        pending = b""
+        # markers are written whole (one write, under PIPE_BUF) but may fall inside another thread's line
+        # when a library writes a line in pieces: they are taken out wherever they are
+        pending = b""            # bytes not yet parsed
+        text = b""               # the current line of other output
+        inside = False           # whether that line began inside a decode's window
         while True:
             try:
                 chunk = os.read(self.read_fd, 65536)
@@ -85,28 +89,56 @@ class _Capture:
             if not chunk:
                 break
             pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self._line(line)
-            if pending and not pending.startswith(_MARK[:1]) and len(pending) > 4096:
-                self._forward(pending)   # a long run without newlines: nothing a decoder prints
-                pending = b""
-        if pending:
-            self._line(pending)
+            while True:
+                at = pending.find(_MARK)
+                if at < 0:
+                    # all text, but for what may be the first bytes of a marker still being read
+                    keep = next((k for k in range(min(len(_MARK) - 1, len(pending)), 0, -1)
+                                 if pending.endswith(_MARK[:k])), 0)
+                    text, inside = self._text(pending[:len(pending) - keep], text, inside)
+                    pending = pending[len(pending) - keep:]
+                    break
+                text, inside = self._text(pending[:at], text, inside)
+                nl = pending.find(b"\n", at)
+                if nl < 0:
+                    pending = pending[at:]
+                    break
+                self._marker(pending[at + len(_MARK):nl])
+                pending = pending[nl + 1:]
+        if text or pending:
+            self._line(text + pending, False)
 
-    def _line(self, line: bytes) -> None:
-        if line.startswith(_MARK):
-            kind, token = line[len(_MARK):].split(b" ", 1)
-            with self.cond:
-                self.open_windows += 1 if kind == b"start" else -1
-                self.marks[token] = len(self.lines)
-                self.cond.notify_all()
-            return
+    def _text(self, data: bytes, text: bytes, inside: bool) -> tuple[bytes, bool]:
+        """Other output: whole lines to ``_line``; returns the unfinished line and where it began."""
+        if not data:
+            return text, inside
+        parts = data.split(b"\n")
+        for i, part in enumerate(parts):
+            if not text and (part or i < len(parts) - 1):
+                inside = self._inside()   # a line begins here
+            if i < len(parts) - 1:
+                self._line(text + part, inside)
+                text = b""
+            else:
+                text += part
+        return text, inside
+
+    def _inside(self) -> bool:
         with self.cond:
-            inside = self.open_windows > 0
-            if inside and _CODEC_LINE.match(line.strip()):
+            return self.open_windows > 0
+
+    def _marker(self, body: bytes) -> None:
+        kind, token = body.split(b" ", 1)
+        with self.cond:
+            self.open_windows += 1 if kind == b"start" else -1
+            self.marks[token] = len(self.lines)
+            self.cond.notify_all()
+
+    def _line(self, line: bytes, inside: bool) -> None:
+        if inside and _CODEC_LINE.match(line.strip()):
+            with self.cond:
                 self.lines.append(line.decode("utf-8", "replace").strip())
-                return
+            return
         self._forward(line + b"\n")
 
     def mark(self, kind: str) -> int:

@@ -215,6 +215,17 @@ def _caption(text: str, width: int, channels: int) -> np.ndarray:
     return band
 
 
+def sheet_layout(h: int, w: int, n: int, tile_long: int | None) -> dict:
+    """Where the tiles of a sheet of n samples of an (h, w) photo lie, for the gallery page: ``tile`` [w, h]
+    of each colorization, a ``caption`` band of that height under each (captioned sheets), ``gap`` px between
+    tiles, ``cols`` per row; tile i is at column i % cols, row i // cols."""
+    if tile_long is not None:
+        scale = min(1.0, tile_long / max(h, w))
+        h, w = max(1, round(h * scale)), max(1, round(w * scale))
+    return {"cols": sheet_cols(n), "tile": [w, h], "caption": CAPTION_PX if tile_long is not None else 0,
+            "gap": sheet_gap(h, w)}
+
+
 def captioned_sheet(l_u8: np.ndarray, alpha: np.ndarray | None, samples: np.ndarray, weights: np.ndarray,
                     cols: int, tile_long: int) -> np.ndarray:
     """A sheet sized to look at: each colorization at most ``tile_long`` px on its long side, a caption band

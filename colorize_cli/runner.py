@@ -39,6 +39,7 @@ class RunOptions:
     as_json: bool = False
     quiet: bool = False
     debug: bool = False
+    gallery: bool = False              # also write colorized.html (gallery.py)
     ray: bool = False                  # run on a Ray cluster (ray_engine): RAY_ADDRESS, else a local Ray
     ray_actors: int | None = None      # colorizing actors (default: one per GPU, else per few CPUs)
 
@@ -175,7 +176,29 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
         capturing.close()
     elapsed = time.perf_counter() - t0
     _summary(console, counts, found.ignored, elapsed, quiet or as_json)
+    if run.gallery:
+        _write_gallery(found, run, quiet or as_json)
     return EXIT_SOME_FAILED if counts["failed"] or found.missing or found.unreadable else EXIT_OK
+
+
+def _write_gallery(found, run: RunOptions, silent: bool) -> None:
+    from . import gallery
+
+    opts = run.batch
+    # what `colorize pick` needs to redo this run's samples: only what differs from its defaults
+    options = {"--model": run.model.model if run.model.model not in (None, "general") else None,
+               "--seed": opts.seed if opts.seed else None,
+               "--samples": opts.samples if opts.samples != 8 else None,
+               "--format": opts.fmt if opts.fmt != "png" else None,
+               "--quality": opts.quality,
+               "--output": str(opts.output_dir) if opts.output_dir is not None else None}
+    try:
+        page = gallery.write_page(found.items, gallery.page_folder(found.items, opts.output_dir), options)
+    except OSError as err:
+        _err(f"error: cannot write the gallery page: {err.strerror or err}")
+        return
+    if page is not None and not silent:
+        _err(f"gallery: {_printable(str(page))}")
 
 
 def _decoder_said(warnings: list[str]) -> str:

@@ -1,0 +1,76 @@
+"""``--gallery``: a static page of every photo's numbered samples, to choose from with a click or a key.
+
+The page (``colorized.html``) works offline from disk: one file, its script and style inline, the sheets
+referenced by relative paths; no server, no network. A click on a tile (or keys 1-9 on the current photo)
+chooses a sample; the choices leave the page as ``picks.json`` (a download, also shown as text) with the
+exact ``colorize pick --from picks.json ...`` command that writes them at full resolution. Every run that
+asks for it writes the page again, from the records in the sheets (so a rerun that skipped everything still
+lists every photo with its weights).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shlex
+from importlib import resources
+from pathlib import Path
+
+from . import provenance
+from .atomic import atomic_write
+
+PAGE_NAME = "colorized.html"
+
+
+def page_folder(items, output_dir: Path | None) -> Path:
+    """Where the page goes: --output when given, else the deepest folder that holds every input."""
+    if output_dir is not None:
+        return Path(output_dir)
+    parents = [os.path.abspath(it.path.parent) for it in items]
+    return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+
+
+def _rel(path: Path, folder: Path) -> str:
+    return Path(os.path.relpath(os.path.abspath(path), folder)).as_posix()
+
+
+def entries(items, folder: Path) -> list[dict]:
+    """One entry per input whose sheet exists: its paths (the photo's absolute, for ``pick --from``; the
+    sheet's relative to the page), weights and tile layout from the sheet's record."""
+    out = []
+    for it in items:
+        if it.sheet is None or not it.sheet.is_file():
+            continue
+        record = provenance.read(it.sheet) or {}
+        out.append({"photo": os.path.abspath(it.path), "name": it.rel.as_posix(), "sheet": _rel(it.sheet, folder),
+                    "weights": record.get("weights") or [], "samples": record.get("samples") or 0,
+                    "layout": record.get("layout")})
+    return out
+
+
+def pick_command(options: dict) -> str:
+    """The command that writes the chosen samples as this run would have (model, seed, samples, format...)."""
+    args = ["colorize", "pick", "--from", "picks.json"]
+    for flag, value in options.items():
+        if value is not None:
+            args += [flag, str(value)]
+    return shlex.join(args)
+
+
+def write_page(items, folder: Path, options: dict, title: str = "colorize") -> Path | None:
+    """Write ``folder/colorized.html`` for these planned inputs; None when none has a sheet."""
+    folder = Path(os.path.abspath(folder))
+    data = entries(items, folder)
+    if not data:
+        return None
+    template = resources.files("colorize_cli").joinpath("templates/gallery.html").read_text(encoding="utf-8")
+    payload = json.dumps({"photos": data, "command": pick_command(options)}, ensure_ascii=True)
+    payload = payload.replace("</", "<\\/")   # never closes the script element early
+    page = (template.replace("{{TITLE}}", html.escape(title))
+                    .replace("{{COUNT}}", str(len(data)))
+                    .replace("/*{{DATA}}*/null", payload))
+    path = folder / PAGE_NAME
+    with atomic_write(path) as f:
+        f.write(page.encode("utf-8"))
+    return path
