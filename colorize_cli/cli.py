@@ -101,14 +101,15 @@ def _resolve_device(spec: str):
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="mirror the input tree under this folder (default: beside each input)")
 @click.option("--separate", is_flag=True, help="also write each sample as its own image")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "auto"]), default="png",
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "auto"]), default="auto",
               show_default=True,
               help="output format; auto: as the input (jpg in, jpg out; webp in, webp out; png otherwise)")
-@click.option("--sheet-size", type=SheetSize(), default="full", show_default=True,
+@click.option("--sheet-size", type=SheetSize(), default="480", show_default=True,   # batch.DEFAULT_SHEET_SIZE
               help="each colorization on the sheet at most this many px on its long side, numbered with its "
-                   "sample number and weight; full: the photo's own size, unnumbered")
+                   "sample number and weight; full: the photo's own size, unnumbered (--separate files are "
+                   "always full size)")
 @click.option("--quality", type=click.IntRange(0, 100), default=None,
-              help="jpg/webp quality (default 95); for png, 0..100 picks zlib level 9..0 (default level 1)")
+              help="jpg/webp quality (default 90); for png, 0..100 picks zlib level 9..0 (default level 1)")
 @_device_option
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="photos per model batch (default: 16 on CPU, 128 on CUDA)")
@@ -468,8 +469,8 @@ def _read_picks(path: Path) -> list[tuple[str, list[int]]]:
               help="a bundled model's name or a model folder  [default: general]")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="mirror the inputs' tree under this folder (default: beside each photo)")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "auto"]), default="png",
-              show_default=True, help="output format; auto: as the input")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "auto"]), default="auto",
+              show_default=True, help="output format, as the run's; auto: as the input")
 @click.option("--quality", type=click.IntRange(0, 100), default=None, help="jpg/webp quality; png: zlib effort")
 @click.option("--seed", type=int, default=0, show_default=True, help="as the run whose samples were chosen")
 @click.option("--samples", "-n", type=click.IntRange(1, 64), default=8, show_default=True,

@@ -13,7 +13,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from . import native
+from . import metadata, native
+from .metadata import ImageMeta
 from .atomic import atomic_write
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp",
@@ -35,6 +36,7 @@ class LoadedImage:
     source_depth: int          # 8 or 16 bits per channel in the file
     source_channels: int       # 1, 3 or 4
     warnings: list[str] = field(default_factory=list)   # what the decoder said about the file (native.py)
+    meta: ImageMeta = field(default_factory=ImageMeta)    # what outputs keep of the file (metadata.py)
 
 
 def is_image_path(path: Path) -> bool:
@@ -256,7 +258,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     if orientation != 1:
         bgr = _apply_orientation(bgr, orientation)
         alpha = None if alpha is None else _apply_orientation(alpha, orientation)
-    return LoadedImage(np.ascontiguousarray(bgr), alpha, depth, channels, warnings)
+    return LoadedImage(np.ascontiguousarray(bgr), alpha, depth, channels, warnings, metadata.read(data))
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> LoadedImage:
@@ -290,6 +292,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> LoadedI
 ENCODE_EXT = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
 
 
+#: jpg and webp outputs' default quality
+JPEG_QUALITY = 90
+
+
 def encode_image(img: np.ndarray, fmt: str, quality: int | None = None) -> bytes:
     """BGR or BGRA uint8 -> file bytes in ``fmt`` (png, jpg, webp). JPEG drops alpha."""
     fmt = fmt.lower()
@@ -297,9 +303,11 @@ def encode_image(img: np.ndarray, fmt: str, quality: int | None = None) -> bytes
     if fmt == "jpg":
         if img.ndim == 3 and img.shape[2] == 4:
             img = np.ascontiguousarray(img[..., :3])
-        params = [cv2.IMWRITE_JPEG_QUALITY, 95 if quality is None else int(quality)]
+        # progressive with optimised tables: 6-10% smaller than baseline at the same quality, read everywhere
+        params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY if quality is None else int(quality),
+                  cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_OPTIMIZE, 1]
     elif fmt == "webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, 95 if quality is None else int(quality)]
+        params = [cv2.IMWRITE_WEBP_QUALITY, JPEG_QUALITY if quality is None else int(quality)]
     elif fmt == "png":
         params = [cv2.IMWRITE_PNG_COMPRESSION, png_level(quality)]
         if hasattr(cv2, "IMWRITE_PNG_FILTER"):   # OpenCV >= 4.11: PNG's 'Up' filter (see write_png_streaming)

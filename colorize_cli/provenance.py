@@ -18,8 +18,12 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .metadata import ImageMeta
 
 PNG_KEYWORD = b"colorize"
 JPEG_PREFIX = b"colorize:"
@@ -60,16 +64,28 @@ def png_chunk(record: dict) -> bytes:
     return struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data) & 0xFFFFFFFF)
 
 
-def embed(data: bytes, fmt: str, record: dict | None) -> bytes:
-    """Encoded image bytes -> the same image with ``record`` in it (png, jpg; webp unchanged)."""
-    if record is None:
+def embed(data: bytes, fmt: str, record: dict | None, meta: "ImageMeta | None" = None) -> bytes:
+    """Encoded image bytes -> the same image with ``record`` in it, and what ``meta`` keeps of the input
+    (EXIF, ICC profile, DPI) with an XMP description (png, jpg; webp unchanged). The record comes first
+    after the header, where ``read`` finds it in the file's first bytes."""
+    from .metadata import jfif_density, jpeg_segments, png_chunks
+
+    if record is None and not meta:
         return data
     if fmt == "png" and data[:8] == b"\x89PNG\r\n\x1a\n":
         ihdr_end = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4
-        return data[:ihdr_end] + png_chunk(record) + data[ihdr_end:]
+        extra = (png_chunk(record) if record is not None else b"") + png_chunks(meta, record)
+        return data[:ihdr_end] + extra + data[ihdr_end:]
     if fmt == "jpg" and data[:2] == b"\xff\xd8":
-        body = JPEG_PREFIX + _payload(record)
-        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body + data[2:]
+        data = jfif_density(data, meta.dpi if meta else None)
+        # after the JFIF header when there is one (it must stay first), else right after SOI
+        at = 2 + 2 + struct.unpack(">H", data[4:6])[0] if data[2:4] == b"\xff\xe0" else 2
+        extra = b""
+        if record is not None:
+            body = JPEG_PREFIX + _payload(record)
+            extra += b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body
+        extra += jpeg_segments(meta, record)
+        return data[:at] + extra + data[at:]
     return data
 
 

@@ -189,7 +189,7 @@ def _write_gallery(found, run: RunOptions, silent: bool) -> None:
     options = {"--model": run.model.model if run.model.model not in (None, "general") else None,
                "--seed": opts.seed if opts.seed else None,
                "--samples": opts.samples if opts.samples != 8 else None,
-               "--format": opts.fmt if opts.fmt != "png" else None,
+               "--format": opts.fmt if opts.fmt != "auto" else None,
                "--quality": opts.quality,
                "--output": str(opts.output_dir) if opts.output_dir is not None else None}
     try:

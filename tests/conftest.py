@@ -22,6 +22,16 @@ def _no_downloads(monkeypatch):
     monkeypatch.setenv("COLORIZE_NO_DOWNLOAD", "1")
 
 
+@pytest.fixture(autouse=True)
+def _full_png_sheets(monkeypatch):
+    """Most tests check names and pixels of full-resolution png sheets, which the batch command writes with
+    --format png --sheet-size full: set here through the documented COLORIZE_* variables (subprocesses
+    inherit them). tests/test_defaults.py checks the defaults themselves, with these unset."""
+    monkeypatch.setenv("COLORIZE_FORMAT", "png")
+    monkeypatch.setenv("COLORIZE_SHEET_SIZE", "full")
+    monkeypatch.setenv("COLORIZE_PICK_FORMAT", "png")
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not (SHARED / "data").is_dir():
