@@ -109,7 +109,7 @@ def export_bundle(run: str | os.PathLike, out: str | os.PathLike, quantize: str 
 
 
 def _build(cvae_cfg: dict, mdn_cfg: dict, cvae_state: dict, mdn_state: dict, vgg_state: dict):
-    from .colorizer import InferenceCVAE
+    from .models import InferenceCVAE
 
     # built on the meta device and given the loaded tensors (assign=True): no random initialisation, no
     # second copy of the weights in memory while loading

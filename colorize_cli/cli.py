@@ -102,7 +102,7 @@ def _resolve_device(spec: str):
               help="mirror the input tree under this folder (default: beside each input)")
 @click.option("--separate", is_flag=True, help="also write each sample as its own image")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "auto"]), default="auto",
-              show_default=True,
+              show_default=True, envvar="COLORIZE_FORMAT",
               help="output format; auto: as the input (jpg in, jpg out; webp in, webp out; png otherwise)")
 @click.option("--sheet-size", type=SheetSize(), default="480", show_default=True,   # batch.DEFAULT_SHEET_SIZE
               help="each colorization on the sheet at most this many px on its long side, numbered with its "
@@ -119,12 +119,13 @@ def _resolve_device(spec: str):
               help="walk folders into their subfolders")
 @click.option("--bf16/--no-bf16", default=None,
               help="bf16 autocast (default: on for CUDA and for CPUs with AMX/AVX512-BF16)")
-@click.option("--jobs", "-j", "--workers", "workers", type=click.IntRange(1), default=None,
+@click.option("--jobs", "-j", "--workers", "workers", type=click.IntRange(1), default=None, envvar="COLORIZE_JOBS",
               help="decode/encode threads  [default: the CPU's cores]")
 @click.option("--merge", "merge_on", type=click.Choice(["auto", "device", "cpu"]), default="auto", show_default=True,
+              envvar="COLORIZE_MERGE",
               help="where samples are upsampled and merged with the full-resolution L: the model's device, the "
                    "CPU threads, or auto (the device when it is a GPU, for photos up to 2 megapixels)")
-@click.option("--compile", "compile_networks", is_flag=True,
+@click.option("--compile", "compile_networks", is_flag=True, envvar="COLORIZE_COMPILE",
               help="torch.compile the networks before the run: on an H100 the model ran 5,448 img/s against 3,637, "
                    "after ~23 s of compiling (end to end, bound by the CPU side, no faster); on a 2-core CPU 5% "
                    "more steady throughput after 20-80 s; so for long runs (needs a C++ compiler; on CUDA, Triton)")
@@ -151,7 +152,7 @@ def _resolve_device(spec: str):
 @click.option("--ray-actors", type=click.IntRange(1), default=None,
               help="with --ray: colorizing actors, each holding one model  [default: one per GPU, else one per "
                    "4 CPUs]")
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per input on stdout")
+@click.option("--json", "as_json", is_flag=True, envvar="COLORIZE_JSON", help="one JSON object per input on stdout")
 @click.option("--quiet", "-q", is_flag=True, help="only errors on stderr")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, device, batch_size, seed, overwrite,
@@ -470,7 +471,7 @@ def _read_picks(path: Path) -> list[tuple[str, list[int]]]:
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="mirror the inputs' tree under this folder (default: beside each photo)")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "auto"]), default="auto",
-              show_default=True, help="output format, as the run's; auto: as the input")
+              show_default=True, envvar="COLORIZE_PICK_FORMAT", help="output format, as the run's; auto: as the input")
 @click.option("--quality", type=click.IntRange(0, 100), default=None, help="jpg/webp quality; png: zlib effort")
 @click.option("--seed", type=int, default=0, show_default=True, help="as the run whose samples were chosen")
 @click.option("--samples", "-n", type=click.IntRange(1, 64), default=8, show_default=True,

@@ -19,7 +19,7 @@ from .color import CVAE_SIZE, VGG_SIZE, grey_from_l, normalize_u8
 from .data import model_views
 from .device import autocast, to_host, upload
 from .graphs import graph_batch
-from .models import MDN, ConditionEncoder, CVAEConfig, Decoder
+from .models import MDN, InferenceCVAE  # noqa: F401  (InferenceCVAE: re-exported)
 from .render import merge, sheets_on_device
 from .vgg import GreyVGGFeatures
 
@@ -32,19 +32,6 @@ from .registry import ModelNotFoundError  # noqa: F401  (re-exported: callers ca
 ImageBatch = Union[np.ndarray, Sequence[np.ndarray]]
 #: the MDN loss's fixed isotropic sigma (distance scale 50 = 1 / (2 * 0.1^2)); used to draw beyond the means
 MIXTURE_SIGMA = 0.1
-
-
-class InferenceCVAE(torch.nn.Module):
-    """The inference half of the CVAE: condition encoder + decoder (the colour encoder is training-only)."""
-
-    def __init__(self, cfg: CVAEConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.cond_encoder = ConditionEncoder()
-        self.decoder = Decoder(cfg)
-
-    def forward(self, z: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z, *self.cond_encoder(grey))
 
 
 @dataclass

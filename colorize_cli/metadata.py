@@ -41,11 +41,12 @@ def read(data: bytes) -> ImageMeta:
             exif, icc, dpi = _png(data)
         else:
             exif, icc, dpi = _pillow(data)
-    except (ValueError, IndexError, struct.error, zlib.error):
+        if dpi is None and exif:
+            dpi = _exif_dpi(exif)
+        exif = _reset_orientation(exif) if exif else None
+    except (ValueError, IndexError, struct.error, zlib.error):   # malformed: keep nothing rather than junk
         return ImageMeta()
-    if dpi is None and exif:
-        dpi = _exif_dpi(exif)
-    return ImageMeta(_reset_orientation(exif) if exif else None, icc if _is_rgb_icc(icc) else None, dpi)
+    return ImageMeta(exif, icc if _is_rgb_icc(icc) else None, dpi)
 
 
 def _jpeg(data: bytes):

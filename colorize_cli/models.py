@@ -152,6 +152,20 @@ class CVAE(nn.Module):
         return self.decoder(z, *self.cond_encoder(grey))
 
 
+class InferenceCVAE(nn.Module):
+    """The inference half of the CVAE: condition encoder + decoder (the colour encoder is training-only).
+    Its state dict is the CVAE's without ``encoder.*``: bundles keep only this half."""
+
+    def __init__(self, cfg: CVAEConfig = CVAEConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.cond_encoder = ConditionEncoder()
+        self.decoder = Decoder(cfg)
+
+    def forward(self, z: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z, *self.cond_encoder(grey))
+
+
 class MDN(nn.Module):
     """VGG relu4_3 features (B, 512, 28, 28) -> mixture params (B, components * (latent + 1))."""
 

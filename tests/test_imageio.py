@@ -198,3 +198,31 @@ def test_device_sheets_equal_cpu_strips(h, w, n, with_alpha):
         assert sheet.shape == ref.shape and sheet.dtype == np.uint8
         diff = np.abs(sheet.astype(np.int16) - ref)
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_metadata_of_damaged_headers_is_empty_not_an_error():
+    """Truncated or scrambled EXIF/ICC/pHYs headers give no metadata, never an exception."""
+    import io
+
+    from PIL import Image
+
+    from colorize_cli.metadata import ImageMeta, read
+
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x011A] = 300.0
+    Image.new("RGB", (20, 10)).save(buf, "JPEG", exif=exif, dpi=(300, 300))
+    data = buf.getvalue()
+    meta = read(data)
+    assert meta.dpi == (300.0, 300.0) and meta.exif is not None
+    kept = Image.Exif()
+    kept.load(b"Exif\x00\x00" + meta.exif)
+    assert kept[0x0112] == 1   # the pixels are turned upright: the kept EXIF says so
+    rng = np.random.default_rng(0)
+    for cut in range(2, 200, 7):
+        assert isinstance(read(data[:cut]), ImageMeta)
+    for _ in range(50):
+        junk = bytearray(data[:300])
+        junk[rng.integers(2, 300)] = rng.integers(0, 256)
+        assert isinstance(read(bytes(junk)), ImageMeta)
