@@ -309,9 +309,11 @@ def _train_options(f):
         click.option("--augment", is_flag=True,
                      help="random-resized crops and flips on the training device (MDN: VGG then runs live)"),
         click.option("--epochs", type=click.IntRange(1), default=None, help="epochs (default: the stage's)"),
-        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+                     help="the global batch (the seed's 32); under torchrun split evenly over the processes"),
         click.option("--lr", type=float, default=None, help="Adam learning rate (default: the stage's)"),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="seeds the weights' initialisation, the batch order and every random draw"),
         _device_option,
         click.option("--bf16/--no-bf16", default=None,
                      help="bf16 autocast (default: on for CUDA and for CPUs with AMX/AVX512-BF16)"),
@@ -363,7 +365,8 @@ def train():
 
 @train.command("vae")
 @_train_options
-@click.option("--kl-weight", type=float, default=1e-2, show_default=True)
+@click.option("--kl-weight", type=float, default=1e-2, show_default=True,
+              help="weight of the KL term against the weighted reconstruction loss (the seed's 0.01)")
 @click.option("--prior", type=click.Choice(["zhang", "data"]), default="zhang", show_default=True,
               help="class-rebalancing prior of the loss weights: Zhang's ImageNet prior (the seed's) or counted "
                    "from the training images")
@@ -605,14 +608,15 @@ def models_cmd(as_json):
               help="file of image paths relative to DATA (default: walk DATA)")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="a bundled model's name or a model folder  [default: general]")
-@click.option("--samples", "-n", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--samples", "-n", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="samples per photo: error-of-best is over these, top-1 is the first")
 @click.option("--limit", type=click.IntRange(1), default=None, help="only the first N images")
 @_device_option
 @click.option("--bf16/--no-bf16", default=None, help="bf16 autocast (default: as for colorizing)")
 @click.option("--int8/--no-int8", default=False, show_default=True,
               help="VGG and the MDN in int8 on the CPU (evaluate measures one setting at a time)")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="photos per model batch")
+@click.option("--seed", type=int, default=0, show_default=True, help="as for colorizing: same seed, same samples")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write a tiled sheet of the first test images here (samples | grey | truth)")
 @click.option("--vae", "vae_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -723,7 +727,7 @@ def _print_evaluation(result) -> None:
 @click.option("--percentile", type=click.FloatRange(90, 100), default=None,
               help="each layer's range: this percentile of its activations per batch, averaged (default 100: "
                    "the largest)")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="photos per batch")
 def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
     """Measure the activation ranges that --int8 needs, on photos like the ones to colorize (CPU, fp32)."""
     from .colorizer import Colorizer
