@@ -178,7 +178,8 @@ def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, d
     try:
         model = resolve_model(model)
         check_model_folder(model)
-        resolve_device(device)
+        if not ray:   # with --ray the cluster's machines have the devices, not this one
+            resolve_device(device)
     except (ModelNotFoundError, CheckpointError, DeviceError) as err:
         click.echo(f"colorize: error: {err}", err=True)
         sys.exit(2)
@@ -403,6 +404,49 @@ def train_mdn_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, 
                       bf16=_bf16_default(bf16, dev), seed=seed, max_images=max_images, augment=augment,
                       mdn_loss=mdn_loss)
     _run_training(lambda rep: train_mdn(spec, out, cfg, dev, vae_path, vgg_weights, rep, resume, dist=dist), dist)
+
+
+@train.command("ranking")
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--list", "train_list", multiple=True, type=click.Path(dir_okay=False),
+              help="file of photo paths relative to DATA (default: walk DATA); once per DATA, '' to walk one")
+@click.option("--model", default=None, help="the bundle to re-rank: a bundled model's name or a bundle folder  "
+                                            "[default: general]")
+@click.option("--output", "-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="where the re-ranked bundle goes")
+@click.option("--test", "test_data", type=click.Path(exists=True, file_okay=False), default=None,
+              help="a folder of held-out colour photos to measure before and after on")
+@click.option("--test-list", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="file of photo paths relative to --test")
+@click.option("--images", type=click.IntRange(1), default=None, help="at most this many photos of each DATA")
+@click.option("--steps", type=click.IntRange(1), default=600, show_default=True, help="optimiser steps of the fit")
+@click.option("--pull", type=float, default=1e-3, show_default=True,
+              help="L2 weight pulling the new weight logits towards the trained ones")
+@_device_option
+def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images, steps, pull, device):
+    """Optional stage 3: re-fit a model's mixture weights so that each is the chance its colorization is
+    the closest of the 8 to the true colours (the 8 colorizations stay; their order and weights change)."""
+    from .data import list_images
+    from .ranking import RankingConfig, train_ranking
+
+    lists = list(train_list) or [""] * len(data)
+    if len(lists) != len(data):
+        raise click.UsageError(f"--list given {len(lists)} times for {len(data)} DATA folders")
+    sources = []
+    for root, lst in zip(data, lists):
+        rels = list_images(root, lst or None)
+        sources.append((str(root), rels[:images] if images else rels))
+    test = None
+    if test_data is not None:
+        test = (str(test_data), list_images(test_data, test_list))
+    dev = _resolve_device(device)
+    reporter = _RichReporter()
+    try:
+        path = train_ranking(model, sources, out, RankingConfig(steps=steps, pull=pull), dev, test, reporter)
+    except (ValueError, FileNotFoundError) as err:
+        click.echo(f"colorize: error: {err}", err=True)
+        sys.exit(1)
+    reporter.log(f"wrote {path}")
 
 
 def _training_processes(device):

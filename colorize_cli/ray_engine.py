@@ -192,6 +192,8 @@ def _on_ray(items: list[InputItem], load: LoadOptions, opts: BatchOptions, actor
         raise RayUnavailable(f"--device {load.device} cannot be used with --ray")
     if load.device == "cpu":
         gpus = 0.0
+    elif load.device.startswith("cuda") and not gpus:
+        raise RayUnavailable(f"--device {load.device}: the Ray cluster has no GPUs")
     model_batch = opts.batch_size or default_batch_size("cuda" if gpus else "cpu")
     # what one actor call gets: several model batches, so that inside the call decoding, the model and
     # writing overlap as in a local run; few enough that every actor gets work

@@ -76,9 +76,11 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
         return colorizer
 
     _end_like_ctrl_c_on((signal.SIGTERM, getattr(signal, "SIGHUP", None)))
+    usage_errors: tuple = (_UsageFailure,)
     if run.ray:
         from .ray_engine import RayUnavailable, run_paths_on_ray
 
+        usage_errors = (_UsageFailure, RayUnavailable)   # no cluster, or no GPU in it: found when it starts
         try:
             found, results = run_paths_on_ray(paths, run.model, opts, run.recursive, run.ray_actors)
         except RayUnavailable as err:
@@ -153,7 +155,7 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
                 elapsed = time.perf_counter() - t0
                 rate = f"{counts['done'] / elapsed:.1f}" if elapsed > 0 and counts["done"] else "-"
                 progress.update(task, advance=1, rate=rate)
-    except _UsageFailure as err:
+    except usage_errors as err:
         if progress is not None:
             progress.stop()
         _err(f"error: {err}")

@@ -127,3 +127,15 @@ def test_ray_without_the_extra_is_one_line(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, [str(photo), "--ray"])
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and "pip install 'colorize-cli[ray]'" in result.output
+
+
+def test_ray_with_cuda_but_no_gpu_in_the_cluster_is_one_line(ray_cluster, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    photo = tmp_path / "p.jpg"
+    cv2.imwrite(str(photo), np.full((20, 20, 3), 128, np.uint8))
+    result = CliRunner().invoke(main, [str(photo), "--ray", "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "colorize: error: --device cuda: the Ray cluster has no GPUs"
