@@ -76,6 +76,10 @@ class BatchOptions:
                                         # in this run's claims: a Ray job's retried inputs are its own
 
 
+#: an InputItem's sheet record not read yet
+_UNREAD = object()
+
+
 @dataclass
 class InputItem:
     path: Path            # the file to read
@@ -85,6 +89,9 @@ class InputItem:
     conflict: str | None = None   # why it cannot have an output of its own (never overwrite another's)
     fmt: str = "png"              # its outputs' format (--format, or the input's own under auto)
     claim: Path | None = None     # this run's claim on it while it is being colorized (see _claim)
+    # the sheet's record as plan_outputs read it (None: no sheet or no record; _UNREAD: not read), so the
+    # first skip check reads no file again; the check after claiming reads afresh
+    sheet_record: object = field(default_factory=lambda: _UNREAD)
 
 
 @dataclass
@@ -227,12 +234,14 @@ def plan_outputs(items: list[InputItem], opts: BatchOptions) -> None:
     that would pass 255 bytes is shortened, with a hash of the full name in it.
     """
     claimed: set[Path] = set()
+    records: dict[Path, dict | None] = {}
 
     def taken(sheet: Path, item: InputItem) -> bool:
         # by another input of this run, or on disk by an output whose record names another input file
         if sheet.absolute() in claimed:
             return True
-        other = _owner(sheet)
+        records[sheet] = _record(sheet)
+        other = records[sheet].get("source") if records[sheet] else None
         return other is not None and other != item.path.name
 
     for item in items:
@@ -247,6 +256,7 @@ def plan_outputs(items: list[InputItem], opts: BatchOptions) -> None:
                 item.conflict = (f"its output name {folder / (stem + OUTPUT_TAG + ext)} is taken by another "
                                  f"photo's output (left alone)")
         item.sheet = folder / f"{stem}{OUTPUT_TAG}{ext}"
+        item.sheet_record = records.get(item.sheet, _UNREAD)
         claimed.add(item.sheet.absolute())
         item.singles = ([folder / f"{stem}{OUTPUT_TAG}-{i}{ext}" for i in range(1, opts.samples + 1)]
                         if opts.separate else [])
@@ -266,11 +276,12 @@ def plan_status(item: InputItem, opts: BatchOptions) -> tuple[str, list[str] | s
     return "colorize", outputs
 
 
-def _owner(path: Path) -> str | None:
+def _record(path: Path) -> dict | None:
     try:
-        return provenance.owner(path) if path.is_file() else None
+        return provenance.read(path) if path.is_file() else None
     except OSError:
         return None
+
 
 
 @dataclass
@@ -355,7 +366,7 @@ def _decode(item: InputItem, overwrite: bool = True, max_pixels: int = MAX_PIXEL
     if other is not None:
         return ItemResult(str(item.path), "skipped", [str(item.sheet)],
                           error=f"being colorized by another run (pid {other})")
-    if claim and not overwrite and _is_done(item):   # another run finished it between the check and the claim
+    if claim and not overwrite and _is_done(item, fresh=True):   # another run finished it meanwhile
         release(item)
         return ItemResult(str(item.path), "skipped", [str(item.sheet)])
     t0 = time.perf_counter()
@@ -443,13 +454,15 @@ def _fitting_tile(h: int, w: int, n: int, cols: int, gap: int) -> int | None:
     return max(16, int(max(h, w) * (SHEET_MAX_PIXELS / (height * width)) ** 0.5 * 0.95))
 
 
-def _is_done(item: InputItem) -> bool:
+def _is_done(item: InputItem, fresh: bool = False) -> bool:
     """All outputs there, and the sheet made from this very input (its record names the file, its size and
-    modification time; outputs without a record — webp, or written before records — count as done)."""
+    modification time; outputs without a record — webp, or written before records — count as done).
+    ``fresh``: read the record again rather than use the one planning read."""
     try:
         if not all(p.is_file() for p in _all_outputs(item)):
             return False
-        record = provenance.read(item.sheet)
+        cached = item.sheet_record
+        record = provenance.read(item.sheet) if fresh or cached is _UNREAD else cached
         return record is None or provenance.Source.of(item.path).matches(record)
     except OSError:   # an unreachable output folder: not done; writing will say why, for this input alone
         return False
