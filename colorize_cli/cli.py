@@ -68,8 +68,11 @@ def main():
 
     \b
     colorize PATH... [OPTIONS]         colorize photos and folders (options: colorize run --help)
+    colorize PATH... --gallery         ... and a page to choose samples on (colorized.html)
+    colorize pick PHOTO N...           chosen samples at full resolution (or --from picks.json)
+    colorize info FILE...              is it a colorization? of what, by which model
     colorize models                    the bundled models
-    colorize train vae|mdn DATA ...    the paper's two training stages
+    colorize train vae|mdn DATA ...    the paper's two training stages (torchrun for several GPUs)
     colorize evaluate DATA ...         metrics on held-out colour photos
 
     Every option can also be set in the environment:
@@ -361,7 +364,8 @@ def _bf16_default(bf16, device) -> bool:
 
 @main.group()
 def train():
-    """The paper's two training stages: ``train vae`` first, then ``train mdn``."""
+    """The paper's two training stages: ``train vae`` first, then ``train mdn``; ``train ranking`` is an
+    optional third that re-fits the mixture weights."""
 
 
 @train.command("vae")
