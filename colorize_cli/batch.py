@@ -612,9 +612,14 @@ def _name_io_thread() -> None:
         return
 
 
-def run_paths(paths: Iterable[str], colorizer_factory: Callable[[], Colorizer], opts: BatchOptions,
-              recursive: bool = True) -> tuple[Discovery, Iterator[ItemResult]]:
-    """Discover and plan inputs, then return the result stream (the model is loaded only if needed)."""
+def run_paths(paths: Iterable[str], colorizer_factory: Callable[[], Colorizer] | None, opts: BatchOptions,
+              recursive: bool = True,
+              engine: Callable[[list[InputItem]], Iterator[ItemResult]] | None = None
+              ) -> tuple[Discovery, Iterator[ItemResult]]:
+    """Discover and plan inputs, then return the result stream (the model is loaded only if needed).
+
+    The work goes to ``colorize_items`` with the factory's Colorizer, or to ``engine`` (the Ray engine's
+    stream over the planned inputs): every engine names, skips and cleans up through this one planner."""
     found = discover(paths, recursive)
     plan_outputs(found.items, opts)
     for folder in sorted({it.sheet.parent for it in found.items}):
@@ -626,7 +631,10 @@ def run_paths(paths: Iterable[str], colorizer_factory: Callable[[], Colorizer], 
             for it in found.items:
                 yield ItemResult(str(it.path), "skipped", [str(it.sheet)])
             return
-        yield from colorize_items(found.items, colorizer_factory(), opts)
+        if engine is not None:
+            yield from engine(found.items)
+        else:
+            yield from colorize_items(found.items, colorizer_factory(), opts)
 
     return found, stream()
 

@@ -87,16 +87,12 @@ class Dist:
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """The module to train: itself for one process, else DDP over a copy whose BatchNorm layers use the
-        global batch's statistics. Checkpoints save the inner module (``unwrap``)."""
+        global batch's statistics. Checkpoints save the inner module (``model`` itself)."""
         if not self.active:
             return model
         global_batch_norm(model)
         return nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def from_env(device: torch.device) -> tuple[Dist, torch.device]:

@@ -35,16 +35,17 @@ def _rel(path: Path, folder: Path) -> str:
     return Path(os.path.relpath(os.path.abspath(path), folder)).as_posix()
 
 
-def entries(items, folder: Path) -> list[dict]:
+def entries(items, folder: Path, samples: int) -> list[dict]:
     """One entry per input whose sheet exists: its paths (the photo's absolute, for ``pick --from``; the
-    sheet's relative to the page), weights and tile layout from the sheet's record."""
+    sheet's relative to the page), weights and tile layout from the sheet's record (a webp sheet has none:
+    then ``samples`` numbered choices, no weights)."""
     out = []
     for it in items:
         if it.sheet is None or not it.sheet.is_file():
             continue
         record = provenance.read(it.sheet) or {}
         out.append({"photo": os.path.abspath(it.path), "name": it.rel.as_posix(), "sheet": _rel(it.sheet, folder),
-                    "weights": record.get("weights") or [], "samples": record.get("samples") or 0,
+                    "weights": record.get("weights") or [], "samples": record.get("samples") or samples,
                     "layout": record.get("layout")})
     return out
 
@@ -58,10 +59,11 @@ def pick_command(options: dict) -> str:
     return shlex.join(args)
 
 
-def write_page(items, folder: Path, options: dict, title: str = "colorize") -> Path | None:
-    """Write ``folder/colorized.html`` for these planned inputs; None when none has a sheet."""
+def write_page(items, folder: Path, options: dict, samples: int, title: str = "colorize") -> Path | None:
+    """Write ``folder/colorized.html`` for these planned inputs (``samples`` per photo); None when none has
+    a sheet."""
     folder = Path(os.path.abspath(folder))
-    data = entries(items, folder)
+    data = entries(items, folder, samples)
     if not data:
         return None
     template = resources.files("colorize_cli").joinpath("templates/gallery.html").read_text(encoding="utf-8")

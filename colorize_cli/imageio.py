@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from . import metadata, native
-from .metadata import ImageMeta
+from .metadata import ImageMeta, tiff_orientation
 from .atomic import atomic_write
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp",
@@ -153,7 +153,7 @@ def _jpeg_header(data: bytes) -> tuple[tuple[int, int], int] | None:
         if marker in _JPEG_SOF and len(body) >= 5:
             size = (int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
         elif marker == 0xE1 and body[:6] == b"Exif\x00\x00":
-            found = _tiff_orientation(body[6:])
+            found = tiff_orientation(body[6:])
             if found is None:
                 return None
             orientation = found
@@ -161,42 +161,6 @@ def _jpeg_header(data: bytes) -> tuple[tuple[int, int], int] | None:
     else:   # a run of fill bytes or bare markers no camera writes: not worth a Python loop under the GIL
         return None
     return (size, orientation) if size is not None else None
-
-
-def _png_orientation(data: bytes) -> int:
-    """The EXIF orientation of a PNG's ``eXIf`` chunk (1 when there is none): a walk over the chunk
-    headers, skipping their data, so it costs nothing next to decoding."""
-    pos = 8
-    while pos + 8 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        kind = data[pos + 4:pos + 8]
-        if kind == b"eXIf":
-            found = _tiff_orientation(data[pos + 8:pos + 8 + length])
-            return found if found is not None else 1
-        if kind == b"IEND":
-            break
-        pos += 12 + length
-    return 1
-
-
-def _tiff_orientation(tiff: bytes) -> int | None:
-    """The Orientation tag (0x0112) of IFD0 of an EXIF block's TIFF structure: 1 when absent, None when malformed."""
-    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
-        return None
-    order = "little" if tiff[:2] == b"II" else "big"
-    ifd = int.from_bytes(tiff[4:8], order)
-    if ifd + 2 > len(tiff):
-        return None
-    count = int.from_bytes(tiff[ifd:ifd + 2], order)
-    for i in range(count):
-        entry = tiff[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
-        if len(entry) < 12:
-            return None
-        if int.from_bytes(entry[:2], order) == 0x0112:
-            kind = int.from_bytes(entry[2:4], order)
-            value = int.from_bytes(entry[8:10], order) if kind == 3 else int.from_bytes(entry[8:12], order)
-            return value if 1 <= value <= 8 else 1
-    return 1
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> LoadedImage:
@@ -247,18 +211,19 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> LoadedImage:
         alpha = np.ascontiguousarray(img[..., 3])
     else:
         raise ImageReadError(f"unsupported channel count {channels}")
+    meta = metadata.read(data)   # EXIF, ICC, DPI for the outputs; the orientation of non-JPEG inputs
     if jpeg is not None:
         orientation = jpeg[1]
-    elif data[:2] == b"\xff\xd8" or data[:4] in (b"II*\x00", b"MM\x00*") or data[8:12] == b"WEBP":
+    elif data[:2] == b"\xff\xd8":   # a JPEG whose headers the fast reader gave up on: Pillow's reading
         orientation = _exif_orientation(data)
-    elif data[:8] == b"\x89PNG\r\n\x1a\n":
-        orientation = _png_orientation(data)
+    elif data[:4] in (b"II*\x00", b"MM\x00*"):
+        orientation = 1   # OpenCV's TIFF decoder applies the Orientation tag itself (all 8, any depth)
     else:
-        orientation = 1
+        orientation = meta.orientation
     if orientation != 1:
         bgr = _apply_orientation(bgr, orientation)
         alpha = None if alpha is None else _apply_orientation(alpha, orientation)
-    return LoadedImage(np.ascontiguousarray(bgr), alpha, depth, channels, warnings, metadata.read(data))
+    return LoadedImage(np.ascontiguousarray(bgr), alpha, depth, channels, warnings, meta)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> LoadedImage:

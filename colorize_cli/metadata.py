@@ -27,6 +27,7 @@ class ImageMeta:
     exif: bytes | None = None               # the EXIF TIFF structure (no "Exif\0\0"), orientation reset to 1
     icc: bytes | None = None                # an RGB ICC profile
     dpi: tuple[float, float] | None = None  # pixels per inch, x and y
+    orientation: int = 1                    # the input's EXIF orientation (1-8), which decoding applies
 
     def __bool__(self) -> bool:
         return bool(self.exif or self.icc or self.dpi)
@@ -35,18 +36,21 @@ class ImageMeta:
 def read(data: bytes) -> ImageMeta:
     """The metadata worth keeping of an input file's bytes (empty when none, or unreadable)."""
     try:
+        orientation = None
         if data[:2] == b"\xff\xd8":
             exif, icc, dpi = _jpeg(data)
         elif data[:8] == b"\x89PNG\r\n\x1a\n":
             exif, icc, dpi = _png(data)
         else:
-            exif, icc, dpi = _pillow(data)
+            exif, icc, dpi, orientation = _pillow(data)
+        if orientation is None:
+            orientation = (tiff_orientation(exif) if exif else None) or 1
         if dpi is None and exif:
             dpi = _exif_dpi(exif)
         exif = _reset_orientation(exif) if exif else None
     except (ValueError, IndexError, struct.error, zlib.error):   # malformed: keep nothing rather than junk
         return ImageMeta()
-    return ImageMeta(exif, icc if _is_rgb_icc(icc) else None, dpi)
+    return ImageMeta(exif, icc if _is_rgb_icc(icc) else None, dpi, orientation)
 
 
 def _jpeg(data: bytes):
@@ -103,14 +107,17 @@ def _pillow(data: bytes):
     try:
         with Image.open(io.BytesIO(data)) as im:   # reads headers only
             info = dict(im.info)
+            # a TIFF's orientation is one of its own tags, not an EXIF block: getexif() has both
+            orientation = int(im.getexif().get(0x0112, 1))
     except Exception:   # noqa: BLE001 - a format Pillow does not know: nothing to keep
-        return None, None, None
+        return None, None, None, 1
     exif = info.get("exif")
     if isinstance(exif, bytes) and exif[:6] == b"Exif\0\0":
         exif = exif[6:]
     dpi = info.get("dpi")
     return (exif if isinstance(exif, bytes) and exif[:2] in (b"II", b"MM") else None, info.get("icc_profile"),
-            (float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None)
+            (float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
+            orientation if 1 <= orientation <= 8 else 1)
 
 
 def _is_rgb_icc(icc: bytes | None) -> bool:
@@ -118,7 +125,8 @@ def _is_rgb_icc(icc: bytes | None) -> bool:
 
 
 def _ifd0(tiff: bytes):
-    """(byte order, [(tag, type, count, value-or-offset bytes, entry offset)]) of a TIFF structure's IFD0."""
+    """(byte order, [(tag, type, count, value-or-offset bytes, entry offset)], whether every entry it counts
+    is there) of a TIFF structure's IFD0. Raises struct.error when even the count is missing."""
     order = "<" if tiff[:2] == b"II" else ">"
     ifd = struct.unpack(order + "I", tiff[4:8])[0]
     count = struct.unpack(order + "H", tiff[ifd:ifd + 2])[0]
@@ -126,17 +134,17 @@ def _ifd0(tiff: bytes):
     for i in range(count):
         at = ifd + 2 + 12 * i
         if at + 12 > len(tiff):
-            break
+            return order, entries, False
         tag, kind, n = struct.unpack(order + "HHI", tiff[at:at + 8])
         entries.append((tag, kind, n, tiff[at + 8:at + 12], at))
-    return order, entries
+    return order, entries, True
 
 
 def _exif_dpi(tiff: bytes) -> tuple[float, float] | None:
     """X/YResolution with ResolutionUnit (inch or cm) of EXIF's IFD0, as pixels per inch."""
     if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
         return None
-    order, entries = _ifd0(tiff)
+    order, entries, _ = _ifd0(tiff)
     found, unit = {}, 2
     for tag, kind, n, value, _ in entries:
         if tag in (0x011A, 0x011B) and kind == 5:
@@ -152,22 +160,32 @@ def _exif_dpi(tiff: bytes) -> tuple[float, float] | None:
     return found[0x011A] * scale, found[0x011B] * scale
 
 
+def tiff_orientation(tiff: bytes) -> int | None:
+    """The Orientation tag (0x0112) of IFD0 of an EXIF block's TIFF structure: 1 when absent, None when
+    malformed."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return None
+    try:
+        order, entries, complete = _ifd0(tiff)
+    except struct.error:
+        return None
+    for tag, kind, _, value, _ in entries:
+        if tag == 0x0112:
+            v = struct.unpack(order + ("H" if kind == 3 else "I"), value[:2] if kind == 3 else value)[0]
+            return v if 1 <= v <= 8 else 1
+    return 1 if complete else None
+
+
 def _reset_orientation(tiff: bytes) -> bytes | None:
     """The EXIF with its Orientation tag set to 1 (the pixels are already turned upright); None if it is
     not a readable TIFF structure."""
     if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
         return None
-    order = "<" if tiff[:2] == b"II" else ">"
-    ifd = struct.unpack(order + "I", tiff[4:8])[0]
-    if ifd + 2 > len(tiff):
+    order, entries, complete = _ifd0(tiff)
+    if not complete:
         return None
-    count = struct.unpack(order + "H", tiff[ifd:ifd + 2])[0]
     out = bytearray(tiff)
-    for i in range(count):
-        at = ifd + 2 + 12 * i
-        if at + 12 > len(tiff):
-            return None
-        tag, kind = struct.unpack(order + "HH", tiff[at:at + 4])
+    for tag, kind, _, _, at in entries:
         if tag == 0x0112 and kind == 3:
             out[at + 8:at + 10] = struct.pack(order + "H", 1)
     return bytes(out)

@@ -33,8 +33,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .batch import (BatchOptions, Discovery, InputItem, ItemResult, _is_done, colorize_items, default_batch_size,
-                    discover, plan_outputs)
+from .batch import (BatchOptions, Discovery, InputItem, ItemResult, colorize_items, default_batch_size,
+                    run_paths)
 from .colorizer import LoadOptions
 
 #: model batches per actor call (the local engine's stream pipelines within a call)
@@ -159,27 +159,18 @@ def _resources(ray, actors: int | None) -> tuple[int, float, float]:
 
 def run_paths_on_ray(paths: Iterable[str], load: LoadOptions, opts: BatchOptions, recursive: bool = True,
                      actors: int | None = None) -> tuple[Discovery, Iterator[ItemResult]]:
-    """``batch.run_paths`` on a Ray cluster: the same discovery and plan here, the work in actors."""
+    """``batch.run_paths`` with the work in Ray actors: the same discovery, plan and skip-all here."""
     from .atomic import remove_stale_temporaries
 
     _import_ray()   # fail early, before listing, without the extra
-    found = discover(paths, recursive)
-    plan_outputs(found.items, opts)
-    for folder in sorted({it.sheet.parent for it in found.items}):
-        remove_stale_temporaries(folder)
 
-    def stream() -> Iterator[ItemResult]:
-        # all done already (a cron rerun): no cluster, no model
-        if not opts.overwrite and all(_is_done(it) for it in found.items):
-            for it in found.items:
-                yield ItemResult(str(it.path), "skipped", [str(it.sheet)])
-            return
-        yield from _on_ray(found.items, load, opts, actors)
+    def engine(items: list[InputItem]) -> Iterator[ItemResult]:
+        yield from _on_ray(items, load, opts, actors)
         # what actors that died mid-write left behind (their restarts redid those inputs)
-        for folder in sorted({it.sheet.parent for it in found.items}):
+        for folder in sorted({it.sheet.parent for it in items}):
             remove_stale_temporaries(folder)
 
-    return found, stream()
+    return run_paths(paths, None, opts, recursive, engine)
 
 
 def _on_ray(items: list[InputItem], load: LoadOptions, opts: BatchOptions, actors: int | None

@@ -195,7 +195,8 @@ def _write_gallery(found, run: RunOptions, silent: bool) -> None:
                "--quality": opts.quality,
                "--output": str(opts.output_dir) if opts.output_dir is not None else None}
     try:
-        page = gallery.write_page(found.items, gallery.page_folder(found.items, opts.output_dir), options)
+        page = gallery.write_page(found.items, gallery.page_folder(found.items, opts.output_dir), options,
+                                  opts.samples)
     except OSError as err:
         _err(f"error: cannot write the gallery page: {err.strerror or err}")
         return

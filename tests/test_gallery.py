@@ -109,3 +109,18 @@ def test_choosing_in_a_real_browser_then_pick(page_folder, tiny_run, tmp_path):
         record = json.loads(info.stdout)["record"]
         assert record["sample"] == n and record["source"] == os.path.basename(photo) + (
             ".png" if photo == "street" else ".jpg")
+
+
+def test_a_sheet_without_a_record_still_offers_its_samples(tmp_path):
+    """webp sheets carry no record: the page still lists the photo with the run's number of samples."""
+    from colorize_cli.batch import InputItem
+    from colorize_cli.gallery import entries
+
+    photo = tmp_path / "p.webp"
+    cv2.imwrite(str(photo), synthetic_photo(np.random.default_rng(1), 20, 30))
+    sheet = tmp_path / "p.colorized.webp"
+    cv2.imwrite(str(sheet), synthetic_photo(np.random.default_rng(2), 40, 120))
+    item = InputItem(photo, Path("p.webp"), sheet)
+    [entry] = entries([item], tmp_path, samples=6)
+    assert entry["samples"] == 6 and entry["weights"] == [] and entry["layout"] is None
+    assert entry["sheet"] == "p.colorized.webp" and entry["photo"] == str(photo)

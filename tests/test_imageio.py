@@ -226,3 +226,18 @@ def test_metadata_of_damaged_headers_is_empty_not_an_error():
         junk = bytearray(data[:300])
         junk[rng.integers(2, 300)] = rng.integers(0, 256)
         assert isinstance(read(bytes(junk)), ImageMeta)
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "webp", "png"])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_orientation_of_tiff_webp_and_png_is_applied_once(tmp_path, fmt, orientation):
+    """OpenCV turns TIFFs upright itself; WebP and PNG (eXIf) are turned here: each exactly once."""
+    from PIL import Image, ImageOps
+
+    rgb = (np.random.default_rng(orientation).random((10, 20, 3)) * 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o.{fmt}"
+    Image.fromarray(rgb).save(path, exif=exif, **({"lossless": True} if fmt == "webp" else {}))
+    want = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))[..., ::-1]
+    assert np.array_equal(read_image(path).bgr, want)
