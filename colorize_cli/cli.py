@@ -287,7 +287,8 @@ class _PlainProgress:
 
     def advance(self, n=1, **info):
         self.count += n
-        if self.count % self.step == 0 and self.count < self.total:
+        # a line each time the count passes a tenth (advances come in batches, so it rarely lands on one)
+        if self.count // self.step > (self.count - n) // self.step and self.count < self.total:
             extra = " ".join(f"{k} {v:.4f}" for k, v in info.items())
             click.echo(f"{self.description}: {self.count}/{self.total} {extra}", err=True)
 
@@ -423,13 +424,23 @@ def train_mdn_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, 
 @click.option("--test-list", type=click.Path(exists=True, dir_okay=False), default=None,
               help="file of photo paths relative to --test")
 @click.option("--images", type=click.IntRange(1), default=None, help="at most this many photos of each DATA")
-@click.option("--steps", type=click.IntRange(1), default=600, show_default=True, help="optimiser steps of the fit")
+@click.option("--objective", type=click.Choice(["error", "closest"]), default="error", show_default=True,
+              help="error: the sample of least predicted colour error first; closest: each weight the chance "
+                   "that its sample is the closest")
+@click.option("--ridge", type=click.FloatRange(min=0), default=None,
+              help="L2 penalty per photo of the error regression  [default: by 5-fold cross-validation]")
+@click.option("--steps", type=click.IntRange(1), default=600, show_default=True,
+              help="optimiser steps of the closest fit")
 @click.option("--pull", type=float, default=1e-3, show_default=True,
-              help="L2 weight pulling the new weight logits towards the trained ones")
+              help="closest fit: L2 weight pulling the new weight logits towards the trained ones")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="keep what each photo list gave here, and reuse it when the same model is fitted on the "
+                   "same photos again (a new objective or ridge then takes seconds)")
 @_device_option
-def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images, steps, pull, device):
-    """Optional stage 3: re-fit a model's mixture weights so that each is the chance its colorization is
-    the closest of the 8 to the true colours (the 8 colorizations stay; their order and weights change)."""
+def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images, objective, ridge, steps, pull,
+                      cache_dir, device):
+    """Optional stage 3: re-fit a model's mixture weights so that they rank its samples by their colour error
+    on real photos (the 8 colorizations stay; their order and weights change)."""
     from .data import list_images
     from .ranking import RankingConfig, train_ranking
 
@@ -445,8 +456,9 @@ def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images
         test = (str(test_data), list_images(test_data, test_list))
     dev = _resolve_device(device)
     reporter = _RichReporter()
+    cfg = RankingConfig(objective=objective, ridge=ridge, steps=steps, pull=pull)
     try:
-        path = train_ranking(model, sources, out, RankingConfig(steps=steps, pull=pull), dev, test, reporter)
+        path = train_ranking(model, sources, out, cfg, dev, test, reporter, cache_dir)
     except (ValueError, FileNotFoundError) as err:
         click.echo(f"colorize: error: {err}", err=True)
         sys.exit(1)

@@ -3,24 +3,33 @@
 The seed's MDN loss moves only the component nearest to each photo's latent code, and its weights learn how
 often each component is *nearest in the latent space*. Decoded, that is not the same as closest in colour:
 on 287 held-out Imagenette photos the top-weighted component of the `general` model was the one whose
-colours were closest to the truth in 18% of the photos, and its error was 0.98x that of leaving the photo
+colours were closest to the truth in 27% of the photos, and its error was 0.98x that of leaving the photo
 grey, while the best of the 8 was 0.77x.
 
 This stage keeps everything the model draws (VGG, the MDN's trunk, the 8 means, the decoder) and re-fits
-only the K weight logits of the MDN's last layer: each weight becomes the probability that its component's
-colorization is the closest of the K to the photo's true colours (cross-entropy against the index of the
-closest decoded mean, on colour photos the model was not tested on), with an L2 pull towards the trained
-logits. The samples are the same 8 colorizations; their order and weights change. Off by default: the
-seed's training is the two stages; `colorize train ranking` is the extra step, and a model card says
-whether a bundled model had it.
+only the K weight logits of the MDN's last layer, on colour photos (the samples are the same 8
+colorizations; their order and weights change). Two objectives:
+
+- ``error`` (default): a ridge regression of each component's colour error on the last layer's input h
+  predicts the K errors; the logits are the negated predictions over a temperature, so the most probable
+  sample is the one with the least *expected* error, and the temperature (fitted by cross-entropy against
+  the closest component) keeps the weights a calibrated chance of being the closest. A cautious sample
+  that is never far off ranks above a bold one that is sometimes right and often very wrong, which is
+  what a user looking at sample 1 wants (docs/training.md has the figures).
+- ``closest``: cross-entropy against the index of the closest decoded mean, with an L2 pull towards the
+  trained logits: each weight is the chance that its colorization is the closest.
+
+Off by default: the seed's training is the two stages; `colorize train ranking` is the extra step, and a
+model card says whether a bundled model had it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,18 +40,21 @@ import torch.nn.functional as F
 from .atomic import atomic_write
 from .color import normalize_u8
 from .colorizer import Colorizer
-from .data import model_views
+from .data import GREY_CHROMA, mean_chroma, model_views
 from .evaluate import ab_distance
 from .imageio import ImageReadError, read_image
 
 
 @dataclass
 class RankingConfig:
-    steps: int = 600
+    objective: str = "error"      # "error": least predicted colour error first; "closest": CE on the closest
+    ridge: float | None = None    # per photo, of the error regression; None: chosen by 5-fold cross-validation
+    steps: int = 600              # the "closest" fit's Adam steps, learning rate and pull
+
     lr: float = 1e-3
     pull: float = 1e-3            # L2 weight of (logits' weights - trained ones)
     batch_size: int = 16
-    grey_chroma: float = 3.0      # photos with less mean chroma (CIE units at 64x64) have no colour truth
+    grey_chroma: float = GREY_CHROMA   # photos with less mean chroma (CIE units at 64x64) have no colour truth
 
 
 @dataclass
@@ -68,7 +80,7 @@ def collect(colorizer: Colorizer, root: str | os.PathLike, rels: list[str], cfg:
                     warn(f"skipped {rel}: {err}")
                     continue
                 _, lab64, l224 = model_views(img.bgr)
-                if np.abs(lab64[..., 1:].astype(np.int16) - 128).mean() < cfg.grey_chroma:
+                if mean_chroma(lab64) < cfg.grey_chroma:       # the training's check: no colour truth
                     continue
                 batch.append((lab64, l224))
             advance(min(cfg.batch_size, len(rels) - start))
@@ -96,9 +108,71 @@ def logit_rows(colorizer: Colorizer) -> slice:
     return slice(k * d, k * (d + 1))
 
 
+RIDGE_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
 def fit(data: RankingData, weight: torch.Tensor, bias: torch.Tensor, cfg: RankingConfig
         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """New weight-logit rows (K, F) and biases (K,), from the trained ones."""
+    """New weight-logit rows (K, F) and biases (K,)."""
+    if cfg.objective == "error":
+        return fit_error(data, cfg)
+    if cfg.objective != "closest":
+        raise ValueError(f"unknown ranking objective {cfg.objective!r} (error, closest)")
+    return fit_closest(data, weight, bias, cfg)
+
+
+def _ridge(h: np.ndarray, err: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares err ~ h @ coef + icpt with an L2 penalty of ridge * N on coef. h (N, F), err (N, K)."""
+    mean_h, mean_e = h.mean(0), err.mean(0)
+    hc = h - mean_h
+    gram = hc.T @ hc
+    gram[np.diag_indices_from(gram)] += ridge * len(h)
+    coef = np.linalg.solve(gram, hc.T @ (err - mean_e))              # (F, K)
+    return coef, mean_e - mean_h @ coef
+
+
+def _top1_error(h: np.ndarray, err: np.ndarray, coef: np.ndarray, icpt: np.ndarray) -> float:
+    pick = (h @ coef + icpt).argmin(1)
+    return float(err[np.arange(len(pick)), pick].mean())
+
+
+def choose_ridge(h: np.ndarray, err: np.ndarray, folds: int = 5) -> float:
+    """The ridge of RIDGE_GRID whose regression, fitted on 4/5 of the photos, picks the samples of least
+    mean error on the other 1/5 (5 folds, a fixed shuffle)."""
+    order = np.random.default_rng(0).permutation(len(h))
+    parts = np.array_split(order, folds)
+    scores = []
+    for ridge in RIDGE_GRID:
+        total = 0.0
+        for i in range(folds):
+            held = parts[i]
+            rest = np.concatenate([parts[j] for j in range(folds) if j != i])
+            coef, icpt = _ridge(h[rest], err[rest], ridge)
+            total += _top1_error(h[held], err[held], coef, icpt) * len(held)
+        scores.append(total / len(h))
+    return RIDGE_GRID[int(np.argmin(scores))]
+
+
+def fit_error(data: RankingData, cfg: RankingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits = -(predicted error) / T: the regression orders the samples, T (fitted by cross-entropy
+    against the closest component, on a log grid) sets how sure the weights are."""
+    h, err = data.h.astype(np.float64), data.err.astype(np.float64)
+    if len(h) < 10:
+        raise ValueError(f"{len(h)} colour photos are too few to fit the ranking on")
+    ridge = cfg.ridge if cfg.ridge is not None else choose_ridge(h, err)
+    coef, icpt = _ridge(h, err, ridge)
+    pred = torch.from_numpy(h @ coef + icpt)                          # (N, K) predicted errors
+    closest = torch.from_numpy(err.argmin(1))
+    spread = float(pred.std()) or 1.0
+    temps = spread * np.logspace(-3, 2, 101)
+    losses = [float(F.cross_entropy(-pred / t, closest)) for t in temps]
+    temp = float(temps[int(np.argmin(losses))])
+    return (torch.from_numpy(-coef.T / temp).float(), torch.from_numpy(-icpt / temp).float())
+
+
+def fit_closest(data: RankingData, weight: torch.Tensor, bias: torch.Tensor, cfg: RankingConfig
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy against the closest component, from the trained rows (K, F), (K,)."""
     h = torch.from_numpy(data.h).float()
     target = torch.from_numpy(data.err.argmin(1))
     w0, b0 = weight.detach().float().clone(), bias.detach().float().clone()
@@ -150,11 +224,26 @@ def write_model(source: Path, out: Path, weight: torch.Tensor, bias: torch.Tenso
     return out
 
 
+def _cache_file(cache_dir: Path, source: Path, root: str, rels: list[str], cfg: RankingConfig) -> Path:
+    """One file per (model, photos, grey threshold): a changed model or list is a new file, never a stale one."""
+    from .bundle import part_path, read_manifest
+
+    manifest = read_manifest(source)
+    digest = hashlib.sha256((source / "manifest.json").read_bytes())
+    for name in ("cond_encoder", "decoder", "mdn", "vgg"):       # shared parts (vgg) may live outside source
+        digest.update(hashlib.sha256(part_path(source, manifest, name).read_bytes()).digest())
+    digest.update(json.dumps([str(Path(root).resolve()), rels, cfg.grey_chroma]).encode())
+    return cache_dir / f"ranking-{digest.hexdigest()[:20]}.npz"
+
+
 def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: str | os.PathLike,
                   cfg: RankingConfig = RankingConfig(), device: torch.device | str = "cpu",
-                  test: tuple[str, list[str]] | None = None, reporter=None) -> Path:
+                  test: tuple[str, list[str]] | None = None, reporter=None,
+                  cache_dir: str | os.PathLike | None = None) -> Path:
     """Fit the weight logits of ``model`` (a bundle) on the colour photos of ``sources`` ((root, relative
-    paths) pairs) and write the re-ranked model to ``out``; with ``test``, measure before and after there."""
+    paths) pairs) and write the re-ranked model to ``out``; with ``test``, measure before and after there.
+    With ``cache_dir``, what each photo list gave (VGG, mixture and decodes: the slow part) is kept there
+    and reused by a later fit of the same model on the same photos."""
     from .registry import resolve_model
     from .train import Reporter
 
@@ -168,14 +257,27 @@ def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: 
     bias = colorizer.mdn.fc.bias.detach()[rows].float().cpu()
 
     def gather(label: str, root: str, rels: list[str]) -> RankingData:
+        cached = _cache_file(Path(cache_dir), source, root, rels, cfg) if cache_dir is not None else None
+        if cached is not None and cached.is_file():
+            with np.load(cached) as f:
+                reporter.log(f"{label}: {len(f['h'])} colour photos from {cached}")
+                return RankingData(f["h"], f["err"], f["grey"])
         bar = reporter.progress(len(rels), f"{label}: VGG, mixture and 8 decodes per photo ({root})")
         try:
-            return collect(colorizer, root, rels, cfg, bar.advance, reporter.warn)
+            data = collect(colorizer, root, rels, cfg, bar.advance, reporter.warn)
         finally:
             bar.close()
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(cached) as f:
+                np.savez(f, h=data.h, err=data.err, grey=data.grey)
+        return data
 
     parts = [gather("training photos", root, rels) for root, rels in sources]
     data = RankingData(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("h", "err", "grey")))
+    if cfg.objective == "error" and cfg.ridge is None:     # chosen once, and recorded in the manifest
+        cfg = replace(cfg, ridge=choose_ridge(data.h.astype(np.float64), data.err.astype(np.float64)))
+        reporter.log(f"ridge {cfg.ridge:g} (5-fold cross-validation on the training photos)")
     new_w, new_b = fit(data, weight, bias, cfg)
     record = {"config": asdict(cfg), "train": {"before": ranking_metrics(data, weight, bias),
                                                "after": ranking_metrics(data, new_w, new_b)},

@@ -3,8 +3,11 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
+
+from colorize_cli import ranking
 
 from colorize_cli.bundle import export_bundle
 from colorize_cli.cli import main
@@ -12,11 +15,13 @@ from colorize_cli.colorizer import Colorizer
 from conftest import synthetic_photo
 
 
-def test_ranking_reorders_the_same_samples(tmp_path, tiny_run, synthetic_dataset):
+@pytest.mark.parametrize("objective", [["--objective", "error", "--ridge", "1e-5"],
+                                       ["--objective", "closest", "--steps", "200"]], ids=["error", "closest"])
+def test_ranking_reorders_the_same_samples(tmp_path, tiny_run, synthetic_dataset, objective):
     bundle = export_bundle(tiny_run, tmp_path / "bundle", quantize="int8")
     out = tmp_path / "ranked"
     r = CliRunner().invoke(main, ["train", "ranking", str(synthetic_dataset), "--model", str(bundle), "--out",
-                                  str(out), "--device", "cpu", "--test", str(synthetic_dataset), "--steps", "200"])
+                                  str(out), "--device", "cpu", "--test", str(synthetic_dataset)] + objective)
     assert r.exit_code == 0, r.output
     record = json.loads((out / "manifest.json").read_text())["ranking"]
     before, after = record["train"]["before"], record["train"]["after"]
@@ -43,3 +48,46 @@ def test_ranking_needs_a_bundle(tmp_path, tiny_run, synthetic_dataset):
     r = CliRunner().invoke(main, ["train", "ranking", str(synthetic_dataset), "--model", str(tiny_run), "--out",
                                   str(tmp_path / "x"), "--device", "cpu"])
     assert r.exit_code == 1 and "bundle" in r.output
+
+
+def test_error_objective_puts_the_least_expected_error_first():
+    # errors that depend linearly on h, plus noise: the fit must pick the component of least expected error
+    rng = np.random.default_rng(0)
+    n, f, k = 600, 12, 8
+    h = np.maximum(rng.normal(size=(n, f)), 0).astype(np.float32)
+    a = rng.normal(size=(f, k))
+    expected = 5 + h @ a
+    err = (expected + rng.normal(scale=0.5, size=(n, k))).astype(np.float32)
+    data = ranking.RankingData(h, err, np.full(n, 20, np.float32))
+    assert ranking.choose_ridge(h.astype(np.float64), err.astype(np.float64)) in ranking.RIDGE_GRID
+    w, b = ranking.fit_error(data, ranking.RankingConfig())
+    logits = torch.from_numpy(h) @ w.T + b
+    assert (logits.argmax(1).numpy() == expected.argmin(1)).mean() > 0.9
+    # the temperature makes the weights a calibrated guess of the closest: confident, yet not one-hot
+    top = torch.softmax(logits, 1).max(1).values
+    assert 0.3 < float(top.mean()) < 0.99
+    # ridge 0 on more photos than features: ordinary least squares, the same order
+    w0, b0 = ranking.fit_error(data, ranking.RankingConfig(ridge=0.0))
+    assert ((torch.from_numpy(h) @ w0.T + b0).argmax(1) == logits.argmax(1)).float().mean() > 0.95
+
+
+def test_collected_photos_are_cached_per_model_and_list(tmp_path, tiny_run, synthetic_dataset, monkeypatch):
+    bundle = export_bundle(tiny_run, tmp_path / "bundle", quantize="int8")
+    rels = sorted(p.relative_to(synthetic_dataset).as_posix() for p in synthetic_dataset.rglob("*.jpg"))
+    cfg = ranking.RankingConfig(ridge=1e-3)
+    first = ranking.train_ranking(str(bundle), [(str(synthetic_dataset), rels)], tmp_path / "a", cfg,
+                                  cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("ranking-*.npz"))) == 1
+
+    def no_photos(*args, **kwargs):
+        raise AssertionError("collected again")
+    monkeypatch.setattr(ranking, "collect", no_photos)
+    second = ranking.train_ranking(str(bundle), [(str(synthetic_dataset), rels)], tmp_path / "b", cfg,
+                                   cache_dir=tmp_path / "cache")
+    a = torch.load(first / "mdn.pt", weights_only=True)
+    b = torch.load(second / "mdn.pt", weights_only=True)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    # another photo list is another entry, collected afresh
+    with pytest.raises(AssertionError, match="collected again"):
+        ranking.train_ranking(str(bundle), [(str(synthetic_dataset), rels[:8])], tmp_path / "c", cfg,
+                              cache_dir=tmp_path / "cache")

@@ -108,3 +108,14 @@ def test_checkpoint_loading_never_runs_code(tmp_path):
     with pytest.raises(CheckpointError):
         read_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_plain_progress_prints_a_line_per_tenth_whatever_the_batch(capsys):
+    # in a log (no terminal) the count advances by whole batches: 16 never lands on a multiple of 500
+    from colorize_cli.cli import _PlainProgress
+
+    bar = _PlainProgress(5000, "photos")
+    for _ in range(0, 5000, 16):
+        bar.advance(16)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 9 and lines[0].startswith("photos: 512/5000")
