@@ -50,7 +50,6 @@ class RankingConfig:
     objective: str = "error"      # "error": least predicted colour error first; "closest": CE on the closest
     ridge: float | None = None    # per photo, of the error regression; None: chosen by 5-fold cross-validation
     steps: int = 600              # the "closest" fit's Adam steps, learning rate and pull
-
     lr: float = 1e-3
     pull: float = 1e-3            # L2 weight of (logits' weights - trained ones)
     batch_size: int = 16
@@ -121,6 +120,11 @@ def fit(data: RankingData, weight: torch.Tensor, bias: torch.Tensor, cfg: Rankin
     return fit_closest(data, weight, bias, cfg)
 
 
+def _enough(n: int) -> None:
+    if n < 10:
+        raise ValueError(f"{n} colour photos are too few to fit the ranking on")
+
+
 def _ridge(h: np.ndarray, err: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
     """Least squares err ~ h @ coef + icpt with an L2 penalty of ridge * N on coef. h (N, F), err (N, K)."""
     mean_h, mean_e = h.mean(0), err.mean(0)
@@ -139,6 +143,7 @@ def _top1_error(h: np.ndarray, err: np.ndarray, coef: np.ndarray, icpt: np.ndarr
 def choose_ridge(h: np.ndarray, err: np.ndarray, folds: int = 5) -> float:
     """The ridge of RIDGE_GRID whose regression, fitted on 4/5 of the photos, picks the samples of least
     mean error on the other 1/5 (5 folds, a fixed shuffle)."""
+    _enough(len(h))
     order = np.random.default_rng(0).permutation(len(h))
     parts = np.array_split(order, folds)
     scores = []
@@ -157,8 +162,7 @@ def fit_error(data: RankingData, cfg: RankingConfig) -> tuple[torch.Tensor, torc
     """Logits = -(predicted error) / T: the regression orders the samples, T (fitted by cross-entropy
     against the closest component, on a log grid) sets how sure the weights are."""
     h, err = data.h.astype(np.float64), data.err.astype(np.float64)
-    if len(h) < 10:
-        raise ValueError(f"{len(h)} colour photos are too few to fit the ranking on")
+    _enough(len(h))
     ridge = cfg.ridge if cfg.ridge is not None else choose_ridge(h, err)
     coef, icpt = _ridge(h, err, ridge)
     pred = torch.from_numpy(h @ coef + icpt)                          # (N, K) predicted errors
@@ -224,15 +228,18 @@ def write_model(source: Path, out: Path, weight: torch.Tensor, bias: torch.Tenso
     return out
 
 
-def _cache_file(cache_dir: Path, source: Path, root: str, rels: list[str], cfg: RankingConfig) -> Path:
-    """One file per (model, photos, grey threshold): a changed model or list is a new file, never a stale one."""
+def _cache_file(cache_dir: Path, source: Path, root: str, rels: list[str], cfg: RankingConfig,
+                colorizer: Colorizer) -> Path:
+    """One file per (model, photos, grey threshold, device kind and precision): a changed model or list is a
+    new file, never a stale one."""
     from .bundle import part_path, read_manifest
 
     manifest = read_manifest(source)
     digest = hashlib.sha256((source / "manifest.json").read_bytes())
     for name in ("cond_encoder", "decoder", "mdn", "vgg"):       # shared parts (vgg) may live outside source
         digest.update(hashlib.sha256(part_path(source, manifest, name).read_bytes()).digest())
-    digest.update(json.dumps([str(Path(root).resolve()), rels, cfg.grey_chroma]).encode())
+    digest.update(json.dumps([str(Path(root).resolve()), rels, cfg.grey_chroma, colorizer.device.type,
+                              bool(colorizer.bf16)]).encode())
     return cache_dir / f"ranking-{digest.hexdigest()[:20]}.npz"
 
 
@@ -257,7 +264,7 @@ def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: 
     bias = colorizer.mdn.fc.bias.detach()[rows].float().cpu()
 
     def gather(label: str, root: str, rels: list[str]) -> RankingData:
-        cached = _cache_file(Path(cache_dir), source, root, rels, cfg) if cache_dir is not None else None
+        cached = None if cache_dir is None else _cache_file(Path(cache_dir), source, root, rels, cfg, colorizer)
         if cached is not None and cached.is_file():
             with np.load(cached) as f:
                 reporter.log(f"{label}: {len(f['h'])} colour photos from {cached}")

@@ -91,3 +91,14 @@ def test_collected_photos_are_cached_per_model_and_list(tmp_path, tiny_run, synt
     with pytest.raises(AssertionError, match="collected again"):
         ranking.train_ranking(str(bundle), [(str(synthetic_dataset), rels[:8])], tmp_path / "c", cfg,
                               cache_dir=tmp_path / "cache")
+
+
+def test_too_few_colour_photos_is_one_line(tmp_path, tiny_run, synthetic_dataset):
+    bundle = export_bundle(tiny_run, tmp_path / "bundle", quantize="int8")
+    few = tmp_path / "few.txt"
+    few.write_text("\n".join(p.relative_to(synthetic_dataset).as_posix()
+                             for p in sorted(synthetic_dataset.rglob("*.jpg"))[:4]) + "\n")
+    r = CliRunner().invoke(main, ["train", "ranking", str(synthetic_dataset), "--list", str(few), "--model",
+                                  str(bundle), "--out", str(tmp_path / "x"), "--device", "cpu"])
+    assert r.exit_code == 1
+    assert "4 colour photos are too few" in r.output and not (tmp_path / "x").exists()
