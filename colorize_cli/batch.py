@@ -335,6 +335,29 @@ def _claim(item: InputItem, run_id: str = "") -> str | None:
     return None
 
 
+def remove_stale_claims(folder: Path) -> int:
+    """Remove claims in ``folder`` whose run is gone. A run killed after an output landed but before it
+    released the claim leaves one that no later run would take over (that input is done and skipped)."""
+    removed = 0
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(CLAIM_SUFFIX)]
+    except OSError:
+        return 0
+    for name in names:
+        path = Path(folder) / name
+        pid, host, _ = _read_claim(path)
+        try:
+            mtime = path.stat().st_mtime
+            # an empty claim may be one a live run has just made and not yet written: kept for a minute
+            if owner_alive(pid, host, mtime) if pid else time.time() - mtime < 60:
+                continue
+            path.unlink()
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 def _read_claim(path: Path) -> tuple[int, str | None, str | None]:
     """A claim's (pid, host, run); a claim of an older version holds the pid alone."""
     try:
@@ -624,6 +647,7 @@ def run_paths(paths: Iterable[str], colorizer_factory: Callable[[], Colorizer] |
     plan_outputs(found.items, opts)
     for folder in sorted({it.sheet.parent for it in found.items}):
         remove_stale_temporaries(folder)   # what killed runs left behind (a live run's are kept)
+        remove_stale_claims(folder)
 
     def stream() -> Iterator[ItemResult]:
         # all done already (a cron rerun): no model to load. all() stops at the first input still to do

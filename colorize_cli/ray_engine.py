@@ -161,6 +161,7 @@ def run_paths_on_ray(paths: Iterable[str], load: LoadOptions, opts: BatchOptions
                      actors: int | None = None) -> tuple[Discovery, Iterator[ItemResult]]:
     """``batch.run_paths`` with the work in Ray actors: the same discovery, plan and skip-all here."""
     from .atomic import remove_stale_temporaries
+    from .batch import remove_stale_claims
 
     _import_ray()   # fail early, before listing, without the extra
 
@@ -169,6 +170,7 @@ def run_paths_on_ray(paths: Iterable[str], load: LoadOptions, opts: BatchOptions
         # what actors that died mid-write left behind (their restarts redid those inputs)
         for folder in sorted({it.sheet.parent for it in items}):
             remove_stale_temporaries(folder)
+            remove_stale_claims(folder)
 
     return run_paths(paths, None, opts, recursive, engine)
 

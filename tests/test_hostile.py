@@ -502,6 +502,27 @@ def test_kills_at_several_moments_leave_nothing_wrong(tmp_path, tiny_run, moment
     assert not list(folder.glob(".colorize-*")) and not list(folder.glob(".*.colorize-claim"))
 
 
+def test_a_dead_runs_claim_on_a_finished_photo_is_cleared(tmp_path, tiny_run):
+    """Killed after an output landed and before its claim was released: the rerun skips that photo, so the
+    claim must be cleared by the sweep of stale files, not by a takeover. A live run's claim stays."""
+    from colorize_cli.atomic import HOST
+
+    folder = _photo_folder(tmp_path / "in", 3, 60, 80, seed=5)
+    assert invoke(str(folder), "--model", str(tiny_run), "--device", "cpu", "-q").exit_code == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                     # a pid that is gone
+    sheets = sorted(folder.glob("*.colorized.png"))
+    stale = folder / f".{sheets[0].name}.colorize-claim"
+    stale.write_text(f"{dead.pid} {HOST} run-a\n")
+    live = folder / f".{sheets[1].name}.colorize-claim"
+    live.write_text(f"{os.getppid()} {HOST} run-b\n")      # this test's parent: alive
+    empty = folder / f".{sheets[2].name}.colorize-claim"
+    empty.write_text("")                                   # being written by a live run right now
+    r = invoke(str(folder), "--model", str(tiny_run), "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    assert not stale.exists() and live.exists() and empty.exists()
+
+
 def test_sheets_of_large_photos_open_in_common_readers(tmp_path, tiny_run):
     """A 12 MP scan's full-resolution sheet of 8 would be 97 MP, past Pillow's bomb warning: its tiles shrink
     to fit (captioned); --separate samples stay full size."""
