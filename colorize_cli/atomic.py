@@ -36,6 +36,8 @@ HOST = _host_tag()
 #: temporaries are named ``.colorize-<pid>-h<host>-<random>.part``: the pid and host say which run owns one
 TEMP_PREFIX, TEMP_SUFFIX = ".colorize-", ".part"
 _TEMP_NAME = re.compile(r"^\.colorize-(?:(\d+)-)?(?:h([0-9a-f]{8})-)?[A-Za-z0-9_]+\.part$")
+#: a claim on an input, ``.SHEET.colorize-claim``, holds "pid host run" (batch._claim)
+CLAIM_SUFFIX = ".colorize-claim"
 #: temporaries and claims whose owner cannot be checked (another machine's, or an older naming without a
 #: pid) are taken as abandoned after this long
 FOREIGN_AGE_S = 3600
@@ -102,26 +104,43 @@ def owner_alive(pid: int | None, host: str | None, mtime: float) -> bool:
     return time.time() - mtime < FOREIGN_AGE_S
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Remove temporaries in ``folder`` that no live run owns: those of a pid that is gone on this machine (a
-    run killed with SIGKILL, or a machine that rebooted), and those of another machine or of an older
-    naming after an hour."""
+def read_claim(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
+    """A claim's (pid, host, run); a claim of an older version holds the pid alone; unreadable: (0, None, None)."""
+    try:
+        parts = Path(path).read_text(encoding="ascii").split()
+        return int(parts[0]) if parts else 0, (parts[1] if len(parts) > 1 else None), (
+            parts[2] if len(parts) > 2 else None)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return 0, None, None
+
+
+def remove_stale(folder: str | os.PathLike) -> int:
+    """Remove the temporaries and claims in ``folder`` that no live run owns (one listing): those of a pid
+    that is gone on this machine (a run killed with SIGKILL, or a machine that rebooted), and those of
+    another machine or of an older naming after an hour. A claim matters too: a run killed after an output
+    landed but before it released the claim leaves one no later run takes over (that input is skipped as
+    done). An empty claim may be one a live run has just made and not yet written: kept for a minute."""
     removed = 0
     try:
         names = os.listdir(folder)
     except OSError:
         return 0
     for name in names:
-        m = _TEMP_NAME.match(name)
-        if m is None:
-            continue
         full = os.path.join(folder, name)
+        m = _TEMP_NAME.match(name)
         try:
-            pid = int(m.group(1)) if m.group(1) is not None else None
-            if owner_alive(pid, m.group(2), os.stat(full).st_mtime):
+            if m is not None:
+                pid, host = (int(m.group(1)) if m.group(1) is not None else None), m.group(2)
+                stale = not owner_alive(pid, host, os.stat(full).st_mtime)
+            elif name.startswith(".") and name.endswith(CLAIM_SUFFIX):
+                pid, host, _ = read_claim(full)
+                mtime = os.stat(full).st_mtime
+                stale = not owner_alive(pid, host, mtime) if pid else time.time() - mtime >= 60
+            else:
                 continue
-            os.unlink(full)
-            removed += 1
+            if stale:
+                os.unlink(full)
+                removed += 1
         except OSError:
             continue
     return removed

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from . import metadata, provenance
-from .atomic import HOST, owner_alive, remove_stale_temporaries
+from .atomic import CLAIM_SUFFIX, HOST, owner_alive, read_claim, remove_stale
 from .colorizer import Colorizer, Prediction, PreparedImage, image_seed, prepare
 from .metadata import ImageMeta
 from .imageio import (MAX_PIXELS, ImageReadError, encode_image, is_image_path, png_level, read_image,
@@ -295,7 +295,6 @@ class _Decoded:
     meta: ImageMeta | None = None   # what the outputs keep of the input (EXIF, ICC, DPI)
 
 
-CLAIM_SUFFIX = ".colorize-claim"
 
 
 def _claim(item: InputItem, run_id: str = "") -> str | None:
@@ -311,7 +310,7 @@ def _claim(item: InputItem, run_id: str = "") -> str | None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            pid, host, run = _read_claim(path)
+            pid, host, run = read_claim(path)
             try:
                 mtime = path.stat().st_mtime
             except OSError:
@@ -333,39 +332,6 @@ def _claim(item: InputItem, run_id: str = "") -> str | None:
         item.claim = path
         return None
     return None
-
-
-def remove_stale_claims(folder: Path) -> int:
-    """Remove claims in ``folder`` whose run is gone. A run killed after an output landed but before it
-    released the claim leaves one that no later run would take over (that input is done and skipped)."""
-    removed = 0
-    try:
-        names = [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(CLAIM_SUFFIX)]
-    except OSError:
-        return 0
-    for name in names:
-        path = Path(folder) / name
-        pid, host, _ = _read_claim(path)
-        try:
-            mtime = path.stat().st_mtime
-            # an empty claim may be one a live run has just made and not yet written: kept for a minute
-            if owner_alive(pid, host, mtime) if pid else time.time() - mtime < 60:
-                continue
-            path.unlink()
-            removed += 1
-        except OSError:
-            continue
-    return removed
-
-
-def _read_claim(path: Path) -> tuple[int, str | None, str | None]:
-    """A claim's (pid, host, run); a claim of an older version holds the pid alone."""
-    try:
-        parts = path.read_text(encoding="ascii").split()
-        return int(parts[0]) if parts else 0, (parts[1] if len(parts) > 1 else None), (
-            parts[2] if len(parts) > 2 else None)
-    except (OSError, ValueError, UnicodeDecodeError):
-        return 0, None, None
 
 
 def release(item: InputItem) -> None:
@@ -646,8 +612,7 @@ def run_paths(paths: Iterable[str], colorizer_factory: Callable[[], Colorizer] |
     found = discover(paths, recursive)
     plan_outputs(found.items, opts)
     for folder in sorted({it.sheet.parent for it in found.items}):
-        remove_stale_temporaries(folder)   # what killed runs left behind (a live run's are kept)
-        remove_stale_claims(folder)
+        remove_stale(folder)   # temporaries and claims that killed runs left behind (a live run's are kept)
 
     def stream() -> Iterator[ItemResult]:
         # all done already (a cron rerun): no model to load. all() stops at the first input still to do

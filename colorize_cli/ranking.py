@@ -228,19 +228,23 @@ def write_model(source: Path, out: Path, weight: torch.Tensor, bias: torch.Tenso
     return out
 
 
-def _cache_file(cache_dir: Path, source: Path, root: str, rels: list[str], cfg: RankingConfig,
-                colorizer: Colorizer) -> Path:
-    """One file per (model, photos, grey threshold, device kind and precision): a changed model or list is a
-    new file, never a stale one."""
+def _model_digest(source: Path, colorizer: Colorizer) -> str:
+    """The bundle's manifest and parts (shared ones such as vgg may live outside ``source``), the device kind
+    and precision: what a photo's collected numbers depend on besides the photo."""
     from .bundle import part_path, read_manifest
 
     manifest = read_manifest(source)
     digest = hashlib.sha256((source / "manifest.json").read_bytes())
-    for name in ("cond_encoder", "decoder", "mdn", "vgg"):       # shared parts (vgg) may live outside source
+    for name in ("cond_encoder", "decoder", "mdn", "vgg"):
         digest.update(hashlib.sha256(part_path(source, manifest, name).read_bytes()).digest())
-    digest.update(json.dumps([str(Path(root).resolve()), rels, cfg.grey_chroma, colorizer.device.type,
-                              bool(colorizer.bf16)]).encode())
-    return cache_dir / f"ranking-{digest.hexdigest()[:20]}.npz"
+    digest.update(f"{colorizer.device.type} {bool(colorizer.bf16)}".encode())
+    return digest.hexdigest()
+
+
+def _cache_file(cache_dir: Path, model_digest: str, root: str, rels: list[str], cfg: RankingConfig) -> Path:
+    """One file per (model, photos, grey threshold): a changed model or list is a new file, never a stale one."""
+    key = json.dumps([model_digest, str(Path(root).resolve()), rels, cfg.grey_chroma]).encode()
+    return cache_dir / f"ranking-{hashlib.sha256(key).hexdigest()[:20]}.npz"
 
 
 def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: str | os.PathLike,
@@ -263,8 +267,10 @@ def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: 
     weight = colorizer.mdn.fc.weight.detach()[rows].float().cpu()
     bias = colorizer.mdn.fc.bias.detach()[rows].float().cpu()
 
+    model_digest = _model_digest(source, colorizer) if cache_dir is not None else ""   # once, not per list
+
     def gather(label: str, root: str, rels: list[str]) -> RankingData:
-        cached = None if cache_dir is None else _cache_file(Path(cache_dir), source, root, rels, cfg, colorizer)
+        cached = None if cache_dir is None else _cache_file(Path(cache_dir), model_digest, root, rels, cfg)
         if cached is not None and cached.is_file():
             with np.load(cached) as f:
                 reporter.log(f"{label}: {len(f['h'])} colour photos from {cached}")

@@ -160,8 +160,7 @@ def _resources(ray, actors: int | None) -> tuple[int, float, float]:
 def run_paths_on_ray(paths: Iterable[str], load: LoadOptions, opts: BatchOptions, recursive: bool = True,
                      actors: int | None = None) -> tuple[Discovery, Iterator[ItemResult]]:
     """``batch.run_paths`` with the work in Ray actors: the same discovery, plan and skip-all here."""
-    from .atomic import remove_stale_temporaries
-    from .batch import remove_stale_claims
+    from .atomic import remove_stale
 
     _import_ray()   # fail early, before listing, without the extra
 
@@ -169,8 +168,7 @@ def run_paths_on_ray(paths: Iterable[str], load: LoadOptions, opts: BatchOptions
         yield from _on_ray(items, load, opts, actors)
         # what actors that died mid-write left behind (their restarts redid those inputs)
         for folder in sorted({it.sheet.parent for it in items}):
-            remove_stale_temporaries(folder)
-            remove_stale_claims(folder)
+            remove_stale(folder)
 
     return run_paths(paths, None, opts, recursive, engine)
 
