@@ -365,8 +365,8 @@ def _bf16_default(bf16, device) -> bool:
 
 @main.group()
 def train():
-    """The paper's two training stages: ``train vae`` first, then ``train mdn``; ``train ranking`` is an
-    optional third that re-fits the mixture weights."""
+    """The paper's two training stages: ``train vae`` first, then ``train mdn``. Two optional ones may follow on
+    a bundle: ``train refine`` fine-tunes the mixture's means, ``train ranking`` re-fits its weights."""
 
 
 @train.command("vae")
@@ -439,7 +439,7 @@ def train_mdn_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, 
 @_device_option
 def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images, objective, ridge, steps, pull,
                       cache_dir, device):
-    """Optional stage 3: re-fit a model's mixture weights so that they rank its samples by their colour error
+    """Optional stage (after refine, if any): re-fit a model's mixture weights so that they rank its samples by their colour error
     on real photos (the 8 colorizations stay; their order and weights change)."""
     from .data import list_images
     from .ranking import RankingConfig, train_ranking
@@ -460,6 +460,60 @@ def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images
     try:
         path = train_ranking(model, sources, out, cfg, dev, test, reporter, cache_dir)
     except (ValueError, FileNotFoundError) as err:
+        click.echo(f"colorize: error: {err}", err=True)
+        sys.exit(1)
+    reporter.log(f"wrote {path}")
+
+
+
+@train.command("refine")
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--list", "train_list", multiple=True, type=click.Path(dir_okay=False),
+              help="file of photo paths relative to DATA (default: walk DATA); once per DATA, '' to walk one")
+@click.option("--model", default=None, help="the bundle whose means to fine-tune: a bundled model's name or a "
+                                            "bundle folder  [default: general]")
+@click.option("--output", "-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="where the fine-tuned bundle (written after every epoch) and its training state go")
+@click.option("--held", "held_data", type=click.Path(exists=True, file_okay=False), default=None,
+              help="a folder of held-out colour photos: error-of-best there after every epoch")
+@click.option("--held-list", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="file of photo paths relative to --held")
+@click.option("--images", type=click.IntRange(1), default=None, help="at most this many photos of each DATA")
+@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True,
+              help="Adam's learning rate on the mean rows")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--bf16/--no-bf16", default=None,
+              help="bf16 autocast of the decoder (default: on for CUDA and for CPUs with AMX/AVX512-BF16)")
+@click.option("--resume", is_flag=True, help="go on from the training state in --out, with its settings (--epochs: the "
+                                          "new total)")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="keep each photo list's VGG and trunk outputs here and reuse them (the same model and photos)")
+@_device_option
+def train_refine_cmd(data, train_list, model, out, held_data, held_list, images, epochs, lr, batch_size, seed, bf16,
+                     resume, cache_dir, device):
+    """Optional stage: fine-tune a model's 8 means so that the best of its samples comes closer to real
+    colours (best-of-K colour loss through the frozen decoder). Re-fit the weights after it with
+    `colorize train ranking`."""
+    from .checkpoint import CheckpointError
+    from .data import list_images
+    from .refine import RefineConfig, train_refine
+
+    lists = list(train_list) or [""] * len(data)
+    if len(lists) != len(data):
+        raise click.UsageError(f"--list given {len(lists)} times for {len(data)} DATA folders")
+    sources = []
+    for root, lst in zip(data, lists):
+        rels = list_images(root, lst or None)
+        sources.append((str(root), rels[:images] if images else rels))
+    held = (str(held_data), list_images(held_data, held_list)) if held_data is not None else None
+    dev = _resolve_device(device)
+    cfg = RefineConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, bf16=_bf16_default(bf16, dev))
+    reporter = _RichReporter()
+    try:
+        path = train_refine(model, sources, out, cfg, dev, held, reporter, resume, cache_dir)
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
         click.echo(f"colorize: error: {err}", err=True)
         sys.exit(1)
     reporter.log(f"wrote {path}")

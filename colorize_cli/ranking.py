@@ -19,8 +19,9 @@ colorizations; their order and weights change). Two objectives:
 - ``closest``: cross-entropy against the index of the closest decoded mean, with an L2 pull towards the
   trained logits: each weight is the chance that its colorization is the closest.
 
-Off by default: the seed's training is the two stages; `colorize train ranking` is the extra step, and a
-model card says whether a bundled model had it.
+Off by default: the seed's training is the two stages; `colorize train ranking` is an extra step (the last:
+`colorize train refine`, which moves the means, comes before it), and a model card says whether a bundled
+model had it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import refine
 from .atomic import atomic_write
 from .color import normalize_u8
 from .colorizer import Colorizer
@@ -99,6 +101,27 @@ def collect(colorizer: Colorizer, root: str | os.PathLike, rels: list[str], cfg:
     if not hs:
         raise ValueError("no colour photos to fit the ranking on")
     return RankingData(np.concatenate(hs), np.concatenate(errs), np.concatenate(greys))
+
+
+def from_views(colorizer: Colorizer, views, batch_size: int = 16,
+               advance: Callable[[int], None] = lambda n: None) -> RankingData:
+    """The same numbers as ``collect`` from photos' kept views (refine.Views: h, L and true ab at 64x64),
+    without reading or VGG: the means from h by the MDN's last layer, then the K decodes."""
+    k, d = colorizer.mdn.cfg.components, colorizer.mdn.cfg.latent
+    fc = colorizer.mdn.fc
+    errs = []
+    for s in range(0, len(views), batch_size):
+        part = views.take(slice(s, s + batch_size))
+        with torch.no_grad():
+            h = torch.from_numpy(part.h).to(colorizer.device)
+            means = (h @ fc.weight[: k * d].float().T + fc.bias[: k * d].float()).reshape(len(h), k, d)
+            ab = colorizer.decode(means, part.l64).cpu().numpy()                    # (B, K, 2, 64, 64)
+        truth = part.ab64.astype(np.float32) * (2 / 255) - 1
+        errs.append(np.stack([ab_distance(ab[i], truth[i]) for i in range(len(h))]))
+        advance(len(h))
+    truth = views.ab64.astype(np.float32) * (2 / 255) - 1
+    grey = np.sqrt((truth ** 2).sum(1)).mean((-2, -1))
+    return RankingData(views.h.astype(np.float32), np.concatenate(errs), grey)
 
 
 def logit_rows(colorizer: Colorizer) -> slice:
@@ -268,6 +291,7 @@ def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: 
     bias = colorizer.mdn.fc.bias.detach()[rows].float().cpu()
 
     model_digest = _model_digest(source, colorizer) if cache_dir is not None else ""   # once, not per list
+    trunk = refine.trunk_digest(source) if cache_dir is not None else ""
 
     def gather(label: str, root: str, rels: list[str]) -> RankingData:
         cached = None if cache_dir is None else _cache_file(Path(cache_dir), model_digest, root, rels, cfg)
@@ -275,11 +299,20 @@ def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: 
             with np.load(cached) as f:
                 reporter.log(f"{label}: {len(f['h'])} colour photos from {cached}")
                 return RankingData(f["h"], f["err"], f["grey"])
-        bar = reporter.progress(len(rels), f"{label}: VGG, mixture and 8 decodes per photo ({root})")
-        try:
-            data = collect(colorizer, root, rels, cfg, bar.advance, reporter.warn)
-        finally:
-            bar.close()
+        views = None if cache_dir is None else refine.views_cache_file(cache_dir, trunk, root, rels, cfg.grey_chroma)
+        if views is not None and views.is_file():     # kept by `train refine` (same VGG and trunk): no VGG pass
+            kept = refine.load_views(views)
+            bar = reporter.progress(len(kept), f"{label}: 8 decodes per photo ({len(kept)} kept views, {views})")
+            try:
+                data = from_views(colorizer, kept, cfg.batch_size, bar.advance)
+            finally:
+                bar.close()
+        else:
+            bar = reporter.progress(len(rels), f"{label}: VGG, mixture and 8 decodes per photo ({root})")
+            try:
+                data = collect(colorizer, root, rels, cfg, bar.advance, reporter.warn)
+            finally:
+                bar.close()
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(cached) as f:

@@ -1,0 +1,101 @@
+"""`colorize train refine`: best-of-K fine-tuning of the means, its resume, and what ranking reuses of it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from colorize_cli import ranking, refine
+from colorize_cli.bundle import export_bundle
+from colorize_cli.cli import main
+from colorize_cli.colorizer import Colorizer
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_run):
+    return export_bundle(tiny_run, tmp_path_factory.mktemp("refine") / "bundle", quantize="int8")
+
+
+@pytest.fixture(scope="module")
+def views_cache(tmp_path_factory):
+    """One VGG pass over the photos for the whole module (the views depend on VGG and the trunk only)."""
+    return tmp_path_factory.mktemp("views")
+
+
+def _refine(args, bundle, data, out, cache=None):
+    extra = ["--cache-dir", str(cache)] if cache is not None else []
+    return CliRunner().invoke(main, ["train", "refine", str(data), "--model", str(bundle), "--out", str(out),
+                                     "--device", "cpu", "--no-bf16", "--batch-size", "8"] + extra + args)
+
+
+def test_refine_moves_only_the_means_and_lowers_best_of_k(tmp_path, bundle, synthetic_dataset, views_cache):
+    out = tmp_path / "refined"
+    r = _refine(["--epochs", "3", "--lr", "1e-2", "--held", str(synthetic_dataset)], bundle, synthetic_dataset, out,
+                views_cache)
+    assert r.exit_code == 0, r.output
+    record = json.loads((out / "manifest.json").read_text())["refine"]
+    assert record["epochs"] == 3 and [e["epoch"] for e in record["history"]] == [0, 1, 2, 3]
+    held = [e["held_best_vs_grey"] for e in record["history"]]
+    assert held[-1] < held[0]                          # the best of K came closer to the photos' colours
+
+    old, new = Colorizer.load(str(bundle), "cpu", bf16=False), Colorizer.load(str(out), "cpu", bf16=False)
+    k, d = old.mdn.cfg.components, old.mdn.cfg.latent
+    assert not torch.equal(old.mdn.fc.weight[:k * d], new.mdn.fc.weight[:k * d])
+    assert torch.equal(old.mdn.fc.weight[k * d:], new.mdn.fc.weight[k * d:])      # the weight logits as they were
+    for name in ("model", "cvae"):
+        a, b = getattr(old, "mdn" if name == "model" else "cvae"), getattr(new, "mdn" if name == "model" else "cvae")
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            if not ka.startswith("fc."):
+                assert torch.equal(va, vb), ka
+    assert refine.trunk_digest(bundle) == refine.trunk_digest(out)     # h is unchanged, so kept views stay valid
+
+
+def test_refine_resumes_as_if_never_stopped(tmp_path, bundle, synthetic_dataset, views_cache):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert _refine(["--epochs", "2"], bundle, synthetic_dataset, whole, views_cache).exit_code == 0
+    assert _refine(["--epochs", "1"], bundle, synthetic_dataset, parts, views_cache).exit_code == 0
+    again = _refine(["--epochs", "1"], bundle, synthetic_dataset, parts, views_cache)
+    assert again.exit_code == 1 and "--resume" in again.output          # never overwrites a run silently
+    r = _refine(["--epochs", "2", "--resume"], bundle, synthetic_dataset, parts, views_cache)
+    assert r.exit_code == 0, r.output
+    a = refine.read_checkpoint(whole / refine.STATE_FILE, "refine")["trainer"]
+    b = refine.read_checkpoint(parts / refine.STATE_FILE, "refine")["trainer"]
+    assert torch.allclose(a["weight"], b["weight"], atol=1e-6) and torch.allclose(a["bias"], b["bias"], atol=1e-6)
+    missing = _refine(["--resume"], bundle, synthetic_dataset, tmp_path / "none")
+    assert missing.exit_code == 1 and "nothing to resume" in missing.output
+
+
+def test_ranking_reuses_refines_kept_views(tmp_path, bundle, synthetic_dataset, monkeypatch, views_cache):
+    cache = views_cache
+    out = tmp_path / "refined"
+    assert _refine(["--epochs", "1", "--cache-dir", str(cache)], bundle, synthetic_dataset, out).exit_code == 0
+    assert len(list(cache.glob("views-*.npz"))) == 1
+    rels = sorted(p.relative_to(synthetic_dataset).as_posix() for p in synthetic_dataset.rglob("*.jpg"))
+    fresh = ranking.collect(Colorizer.load(str(out), "cpu", int8=False), synthetic_dataset, rels,
+                            ranking.RankingConfig())
+
+    def no_vgg(*a, **k):
+        raise AssertionError("ranking read the photos again although refine kept their views")
+
+    monkeypatch.setattr(ranking, "collect", no_vgg)
+    ranked = ranking.train_ranking(str(out), [(str(synthetic_dataset), rels)], tmp_path / "ranked",
+                                   ranking.RankingConfig(ridge=1e-3), cache_dir=cache)
+    manifest = json.loads((ranked / "manifest.json").read_text())
+    assert "refine" in manifest and "ranking" in manifest             # both stages recorded
+    kept = ranking.from_views(Colorizer.load(str(out), "cpu", int8=False),
+                              refine.load_views(next(cache.glob("views-*.npz"))))
+    np.testing.assert_allclose(kept.h, fresh.h, atol=1e-6)
+    np.testing.assert_allclose(kept.err, fresh.err, atol=1e-3)
+    np.testing.assert_allclose(kept.grey, fresh.grey, atol=1e-6)
+
+
+def test_refine_drops_a_stale_ranking_record(tmp_path, bundle, synthetic_dataset, views_cache):
+    rels = sorted(p.relative_to(synthetic_dataset).as_posix() for p in synthetic_dataset.rglob("*.jpg"))
+    ranked = ranking.train_ranking(str(bundle), [(str(synthetic_dataset), rels)], tmp_path / "ranked",
+                                   ranking.RankingConfig(ridge=1e-3), cache_dir=views_cache)
+    out = tmp_path / "refined"
+    assert _refine(["--epochs", "1"], ranked, synthetic_dataset, out, views_cache).exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "ranking" not in manifest and "ranking" in manifest["refine"]["note"]
