@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -116,12 +115,10 @@ def from_views(colorizer: Colorizer, views, batch_size: int = 16,
             h = torch.from_numpy(part.h).to(colorizer.device)
             means = (h @ fc.weight[: k * d].float().T + fc.bias[: k * d].float()).reshape(len(h), k, d)
             ab = colorizer.decode(means, part.l64).cpu().numpy()                    # (B, K, 2, 64, 64)
-        truth = part.ab64.astype(np.float32) * (2 / 255) - 1
+        truth = normalize_u8(part.ab64)
         errs.append(np.stack([ab_distance(ab[i], truth[i]) for i in range(len(h))]))
         advance(len(h))
-    truth = views.ab64.astype(np.float32) * (2 / 255) - 1
-    grey = np.sqrt((truth ** 2).sum(1)).mean((-2, -1))
-    return RankingData(views.h.astype(np.float32), np.concatenate(errs), grey)
+    return RankingData(views.h.astype(np.float32), np.concatenate(errs), refine.grey_error(views))
 
 
 def logit_rows(colorizer: Colorizer) -> slice:
@@ -225,30 +222,9 @@ def ranking_metrics(data: RankingData, weight: torch.Tensor, bias: torch.Tensor)
 
 def write_model(source: Path, out: Path, weight: torch.Tensor, bias: torch.Tensor, record: dict) -> Path:
     """A copy of the bundle in ``source`` with the new weight logits in its mdn.pt and ``record`` under
-    ``ranking`` in its manifest. Other parts are copied as they are (shared parts are copied in)."""
-    from .bundle import dequantize_state, part_path, quantize_state, read_manifest
-
-    manifest = read_manifest(source)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("cond_encoder", "decoder", "vgg"):
-        shutil.copyfile(part_path(source, manifest, name), out / f"{name}.pt")
-    stored = torch.load(part_path(source, manifest, "mdn"), map_location="cpu", weights_only=True)
-    state = dequantize_state(stored)
+    ``ranking`` in its manifest (refine.write_rows: the means' rows come back bit for bit)."""
     k = bias.shape[0]
-    state["fc.weight"][-k:] = weight
-    state["fc.bias"][-k:] = bias
-    mode = manifest.get("quantization", "fp32")
-    # re-quantized per output row: the rows of the means come back bit for bit (their scale is unchanged)
-    new = quantize_state(state, mode if mode in ("int8", "fp16") else "fp32")
-    with atomic_write(out / "mdn.pt") as f:
-        torch.save(new, f)
-    for extra in ("int8.json",):
-        if (source / extra).is_file():
-            shutil.copyfile(source / extra, out / extra)
-    manifest = {k2: v for k2, v in manifest.items() if k2 != "part_files"}
-    manifest["ranking"] = record
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return out
+    return refine.write_rows(source, out, slice(-k, None), weight, bias, "ranking", record)
 
 
 def _model_digest(source: Path, colorizer: Colorizer) -> str:

@@ -34,6 +34,7 @@ import torch
 
 from .atomic import atomic_write
 from .checkpoint import read_checkpoint, save_checkpoint
+from .color import normalize_u8
 from .colorizer import Colorizer
 from .data import GREY_CHROMA, mean_chroma, model_views
 from .device import autocast
@@ -130,7 +131,7 @@ class MeanTrainer:
         dev = self.c.device
         h = torch.from_numpy(views.h).to(dev)
         grey = self.c._cvae_grey[torch.from_numpy(views.l64).to(dev).long()][:, None]   # (B, 1, 64, 64)
-        truth = torch.from_numpy(views.ab64).to(dev).float() * (2 / 255) - 1             # (B, 2, 64, 64)
+        truth = torch.from_numpy(normalize_u8(views.ab64)).to(dev)                       # (B, 2, 64, 64)
         return h, grey, truth
 
     @staticmethod
@@ -143,8 +144,8 @@ class MeanTrainer:
         return (h @ self.weight.T + self.bias).reshape(len(h), self.k, self.d)     # (B, K, D)
 
     def errors(self, views: Views, bf16: bool = False) -> np.ndarray:
-        """(N, K) colour error of each component's decoding (fp32 unless asked: what a user gets by
-        default on a CPU without fast bf16), and nothing trained."""
+        """(N, K) colour error of each component's decoding, without training (fp32 unless asked: what a
+        user gets by default on a CPU without fast bf16)."""
         out = []
         with torch.no_grad():
             for s in range(0, len(views), self.cfg.batch_size):
@@ -184,9 +185,8 @@ class MeanTrainer:
 
 
 def grey_error(views: Views) -> np.ndarray:
-    """(N,) the error of leaving each photo grey (ab = 0), in the same units."""
-    truth = views.ab64.astype(np.float32) * (2 / 255) - 1
-    return np.sqrt((truth ** 2).sum(1)).mean((-2, -1))
+    """(N,) the error of leaving each photo grey (ab = 0), in the same units (evaluate's ab_distance)."""
+    return np.sqrt((normalize_u8(views.ab64) ** 2).sum(1)).mean((-2, -1))
 
 
 def best_vs_grey(errors: np.ndarray, grey: np.ndarray) -> float:
