@@ -411,19 +411,63 @@ def train_mdn_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, 
     _run_training(lambda rep: train_mdn(spec, out, cfg, dev, vae_path, vgg_weights, rep, resume, dist=dist), dist)
 
 
+def _bundle_stage_options(does: str, out_help: str, test_help: str):
+    """The options the optional stages on a bundle (refine, ranking) share: photos, model, output, test
+    photos, the kept views and the device."""
+    def wrap(f):
+        options = [
+            click.argument("data", nargs=-1, required=True,
+                           type=click.Path(exists=True, file_okay=False, path_type=Path)),
+            click.option("--list", "train_list", multiple=True, type=click.Path(dir_okay=False),
+                         help="file of photo paths relative to DATA (default: walk DATA); once per DATA, '' to "
+                              "walk one"),
+            click.option("--model", default=None,
+                         help=f"the bundle {does}: a bundled model's name or a bundle folder  [default: general]"),
+            click.option("--output", "-o", "--out", "out", required=True,
+                         type=click.Path(file_okay=False, path_type=Path), help=out_help),
+            click.option("--test", "test_data", type=click.Path(exists=True, file_okay=False), default=None,
+                         help=test_help),
+            click.option("--test-list", type=click.Path(exists=True, dir_okay=False), default=None,
+                         help="file of photo paths relative to --test"),
+            click.option("--images", type=click.IntRange(1), default=None,
+                         help="at most this many photos of each DATA"),
+            click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                         help="keep what each photo list gave here (VGG and trunk outputs; ranking: also the "
+                              "decodes) and reuse it: a model with the same VGG and trunk, re-fitted, skips VGG"),
+            _device_option,
+        ]
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return wrap
+
+
+def _run_bundle_stage(data, train_list, images, test_data, test_list, fit) -> None:
+    """Photo lists of the DATA folders and --test, then ``fit(sources, test, reporter)`` -> the written bundle;
+    a bad model, state or photo set is one line and exit 1."""
+    from .checkpoint import CheckpointError
+    from .data import list_images
+
+    lists = list(train_list) or [""] * len(data)
+    if len(lists) != len(data):
+        raise click.UsageError(f"--list given {len(lists)} times for {len(data)} DATA folders")
+    sources = []
+    for root, lst in zip(data, lists):
+        rels = list_images(root, lst or None)
+        sources.append((str(root), rels[:images] if images else rels))
+    test = (str(test_data), list_images(test_data, test_list)) if test_data is not None else None
+    reporter = _RichReporter()
+    try:
+        path = fit(sources, test, reporter)
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        click.echo(f"colorize: error: {err}", err=True)
+        sys.exit(1)
+    reporter.log(f"wrote {path}")
+
+
 @train.command("ranking")
-@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--list", "train_list", multiple=True, type=click.Path(dir_okay=False),
-              help="file of photo paths relative to DATA (default: walk DATA); once per DATA, '' to walk one")
-@click.option("--model", default=None, help="the bundle to re-rank: a bundled model's name or a bundle folder  "
-                                            "[default: general]")
-@click.option("--output", "-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="where the re-ranked bundle goes")
-@click.option("--test", "test_data", type=click.Path(exists=True, file_okay=False), default=None,
-              help="a folder of held-out colour photos to measure before and after on")
-@click.option("--test-list", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="file of photo paths relative to --test")
-@click.option("--images", type=click.IntRange(1), default=None, help="at most this many photos of each DATA")
+@_bundle_stage_options("to re-rank", "where the re-ranked bundle goes",
+                       "a folder of held-out colour photos to measure before and after on")
 @click.option("--objective", type=click.Choice(["error", "closest"]), default="error", show_default=True,
               help="error: the sample of least predicted colour error first; closest: each weight the chance "
                    "that its sample is the closest")
@@ -433,52 +477,22 @@ def train_mdn_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, 
               help="optimiser steps of the closest fit")
 @click.option("--pull", type=float, default=1e-3, show_default=True,
               help="closest fit: L2 weight pulling the new weight logits towards the trained ones")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="keep what each photo list gave here, and reuse it when the same model is fitted on the "
-                   "same photos again (a new objective or ridge then takes seconds)")
-@_device_option
-def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images, objective, ridge, steps, pull,
-                      cache_dir, device):
-    """Optional stage (after refine, if any): re-fit a model's mixture weights so that they rank its samples by their colour error
-    on real photos (the 8 colorizations stay; their order and weights change)."""
-    from .data import list_images
+def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images, cache_dir, device, objective,
+                      ridge, steps, pull):
+    """Optional stage (after refine, if any): re-fit a model's mixture weights so that they rank its samples
+    by their colour error on real photos (the 8 colorizations stay; their order and weights change)."""
     from .ranking import RankingConfig, train_ranking
 
-    lists = list(train_list) or [""] * len(data)
-    if len(lists) != len(data):
-        raise click.UsageError(f"--list given {len(lists)} times for {len(data)} DATA folders")
-    sources = []
-    for root, lst in zip(data, lists):
-        rels = list_images(root, lst or None)
-        sources.append((str(root), rels[:images] if images else rels))
-    test = None
-    if test_data is not None:
-        test = (str(test_data), list_images(test_data, test_list))
     dev = _resolve_device(device)
-    reporter = _RichReporter()
     cfg = RankingConfig(objective=objective, ridge=ridge, steps=steps, pull=pull)
-    try:
-        path = train_ranking(model, sources, out, cfg, dev, test, reporter, cache_dir)
-    except (ValueError, FileNotFoundError) as err:
-        click.echo(f"colorize: error: {err}", err=True)
-        sys.exit(1)
-    reporter.log(f"wrote {path}")
-
+    _run_bundle_stage(data, train_list, images, test_data, test_list,
+                      lambda sources, test, rep: train_ranking(model, sources, out, cfg, dev, test, rep, cache_dir))
 
 
 @train.command("refine")
-@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--list", "train_list", multiple=True, type=click.Path(dir_okay=False),
-              help="file of photo paths relative to DATA (default: walk DATA); once per DATA, '' to walk one")
-@click.option("--model", default=None, help="the bundle whose means to fine-tune: a bundled model's name or a "
-                                            "bundle folder  [default: general]")
-@click.option("--output", "-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="where the fine-tuned bundle (written after every epoch) and its training state go")
-@click.option("--held", "held_data", type=click.Path(exists=True, file_okay=False), default=None,
-              help="a folder of held-out colour photos: error-of-best there after every epoch")
-@click.option("--held-list", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="file of photo paths relative to --held")
-@click.option("--images", type=click.IntRange(1), default=None, help="at most this many photos of each DATA")
+@_bundle_stage_options("whose means to fine-tune", "where the fine-tuned bundle (written after every epoch) "
+                       "and its training state go", "a folder of held-out colour photos: error-of-best there "
+                       "after every epoch")
 @click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True,
               help="Adam's learning rate on the mean rows")
@@ -486,37 +500,20 @@ def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--bf16/--no-bf16", default=None,
               help="bf16 autocast of the decoder (default: on for CUDA and for CPUs with AMX/AVX512-BF16)")
-@click.option("--resume", is_flag=True, help="go on from the training state in --out, with its settings (--epochs: the "
-                                          "new total)")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="keep each photo list's VGG and trunk outputs here and reuse them (the same model and photos)")
-@_device_option
-def train_refine_cmd(data, train_list, model, out, held_data, held_list, images, epochs, lr, batch_size, seed, bf16,
-                     resume, cache_dir, device):
+@click.option("--resume", is_flag=True,
+              help="go on from the training state in --out, with its settings (--epochs: the new total)")
+def train_refine_cmd(data, train_list, model, out, test_data, test_list, images, cache_dir, device, epochs, lr,
+                     batch_size, seed, bf16, resume):
     """Optional stage: fine-tune a model's 8 means so that the best of its samples comes closer to real
     colours (best-of-K colour loss through the frozen decoder). Re-fit the weights after it with
     `colorize train ranking`."""
-    from .checkpoint import CheckpointError
-    from .data import list_images
     from .refine import RefineConfig, train_refine
 
-    lists = list(train_list) or [""] * len(data)
-    if len(lists) != len(data):
-        raise click.UsageError(f"--list given {len(lists)} times for {len(data)} DATA folders")
-    sources = []
-    for root, lst in zip(data, lists):
-        rels = list_images(root, lst or None)
-        sources.append((str(root), rels[:images] if images else rels))
-    held = (str(held_data), list_images(held_data, held_list)) if held_data is not None else None
     dev = _resolve_device(device)
     cfg = RefineConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, bf16=_bf16_default(bf16, dev))
-    reporter = _RichReporter()
-    try:
-        path = train_refine(model, sources, out, cfg, dev, held, reporter, resume, cache_dir)
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        click.echo(f"colorize: error: {err}", err=True)
-        sys.exit(1)
-    reporter.log(f"wrote {path}")
+    _run_bundle_stage(data, train_list, images, test_data, test_list,
+                      lambda sources, test, rep: train_refine(model, sources, out, cfg, dev, test, rep, resume,
+                                                              cache_dir))
 
 
 def _training_processes(device):

@@ -41,9 +41,9 @@ from . import refine
 from .atomic import atomic_write
 from .color import normalize_u8
 from .colorizer import Colorizer
-from .data import GREY_CHROMA, mean_chroma, model_views
+from .data import GREY_CHROMA
+from .device import autocast
 from .evaluate import ab_distance
-from .imageio import ImageReadError, read_image
 
 
 @dataclass
@@ -66,40 +66,10 @@ class RankingData:
 
 def collect(colorizer: Colorizer, root: str | os.PathLike, rels: list[str], cfg: RankingConfig,
             advance: Callable[[int], None] = lambda n: None, warn: Callable[[str], None] = print) -> RankingData:
-    """Per colour photo: the MDN's last-layer input and each component's colour error."""
-    captured = {}
-    hook = colorizer.mdn.fc.register_forward_hook(lambda m, i, o: captured.__setitem__("h", i[0]))
-    hs, errs, greys = [], [], []
-    try:
-        for start in range(0, len(rels), cfg.batch_size):
-            batch = []
-            for rel in rels[start:start + cfg.batch_size]:
-                try:
-                    img = read_image(Path(root) / rel)
-                except ImageReadError as err:
-                    warn(f"skipped {rel}: {err}")
-                    continue
-                _, lab64, l224 = model_views(img.bgr)
-                if mean_chroma(lab64) < cfg.grey_chroma:       # the training's check: no colour truth
-                    continue
-                batch.append((lab64, l224))
-            advance(min(cfg.batch_size, len(rels) - start))
-            if not batch:
-                continue
-            l64 = np.stack([b[0][..., 0] for b in batch])
-            with torch.no_grad():
-                means, _ = colorizer.mixture(np.stack([b[1] for b in batch]))
-                h = captured["h"].float().cpu().numpy()[:len(batch)]
-                ab = colorizer.decode(means, l64).cpu().numpy()                     # (B, K, 2, 64, 64)
-            truth = np.stack([np.moveaxis(normalize_u8(b[0][..., 1:]), -1, 0) for b in batch])
-            hs.append(h)
-            errs.append(np.stack([ab_distance(ab[i], truth[i]) for i in range(len(batch))]))
-            greys.append(np.array([ab_distance(np.zeros_like(t), t) for t in truth]))
-    finally:
-        hook.remove()
-    if not hs:
-        raise ValueError("no colour photos to fit the ranking on")
-    return RankingData(np.concatenate(hs), np.concatenate(errs), np.concatenate(greys))
+    """Per colour photo: the MDN's last-layer input and each component's colour error (refine's views of the
+    photos, then their K decodes)."""
+    views = refine.collect_views(colorizer, root, rels, cfg.batch_size, cfg.grey_chroma, advance, warn)
+    return from_views(colorizer, views, cfg.batch_size)
 
 
 def from_views(colorizer: Colorizer, views, batch_size: int = 16,
@@ -113,7 +83,8 @@ def from_views(colorizer: Colorizer, views, batch_size: int = 16,
         part = views.take(slice(s, s + batch_size))
         with torch.no_grad():
             h = torch.from_numpy(part.h).to(colorizer.device)
-            means = (h @ fc.weight[: k * d].float().T + fc.bias[: k * d].float()).reshape(len(h), k, d)
+            with autocast(colorizer.device, colorizer.bf16):          # as Colorizer.mixture runs it
+                means = fc(h)[:, : k * d].float().reshape(len(h), k, d)
             ab = colorizer.decode(means, part.l64).cpu().numpy()                    # (B, K, 2, 64, 64)
         truth = normalize_u8(part.ab64)
         errs.append(np.stack([ab_distance(ab[i], truth[i]) for i in range(len(h))]))
@@ -252,8 +223,9 @@ def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: 
                   cache_dir: str | os.PathLike | None = None) -> Path:
     """Fit the weight logits of ``model`` (a bundle) on the colour photos of ``sources`` ((root, relative
     paths) pairs) and write the re-ranked model to ``out``; with ``test``, measure before and after there.
-    With ``cache_dir``, what each photo list gave (VGG, mixture and decodes: the slow part) is kept there
-    and reused by a later fit of the same model on the same photos."""
+    With ``cache_dir``, what each photo list gave is kept there: its views (VGG and trunk outputs, shared
+    with `train refine` and any model of the same trunk) and this model's decodes of them (reused by a later
+    fit of the same model on the same photos)."""
     from .registry import resolve_model
     from .train import Reporter
 
@@ -275,20 +247,13 @@ def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: 
             with np.load(cached) as f:
                 reporter.log(f"{label}: {len(f['h'])} colour photos from {cached}")
                 return RankingData(f["h"], f["err"], f["grey"])
-        views = None if cache_dir is None else refine.views_cache_file(cache_dir, trunk, root, rels, cfg.grey_chroma)
-        if views is not None and views.is_file():     # kept by `train refine` (same VGG and trunk): no VGG pass
-            kept = refine.load_views(views)
-            bar = reporter.progress(len(kept), f"{label}: 8 decodes per photo ({len(kept)} kept views, {views})")
-            try:
-                data = from_views(colorizer, kept, cfg.batch_size, bar.advance)
-            finally:
-                bar.close()
-        else:
-            bar = reporter.progress(len(rels), f"{label}: VGG, mixture and 8 decodes per photo ({root})")
-            try:
-                data = collect(colorizer, root, rels, cfg, bar.advance, reporter.warn)
-            finally:
-                bar.close()
+        views = refine.gather_views(colorizer, label, root, rels, reporter, cfg.grey_chroma, cache_dir, trunk,
+                                    cfg.batch_size)   # kept by `train refine` of the same trunk: no VGG pass
+        bar = reporter.progress(len(views), f"{label}: 8 decodes per photo")
+        try:
+            data = from_views(colorizer, views, cfg.batch_size, bar.advance)
+        finally:
+            bar.close()
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(cached) as f:

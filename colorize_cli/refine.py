@@ -258,13 +258,35 @@ def save_views(path: Path, views: Views) -> None:
         np.savez(f, h=views.h, l64=views.l64, ab64=views.ab64)
 
 
+def gather_views(colorizer: Colorizer, label: str, root: str, rels: list[str], reporter,
+                 grey_chroma: float = GREY_CHROMA, cache_dir: str | os.PathLike | None = None, trunk: str = "",
+                 batch_size: int = 16) -> Views:
+    """The views of ``rels``: from ``cache_dir`` when a model with the same VGG and trunk (``trunk``, its
+    digest) kept them, else collected (with a progress bar) and kept there."""
+    cached = None if cache_dir is None else views_cache_file(cache_dir, trunk, root, rels, grey_chroma)
+    if cached is not None and cached.is_file():
+        views = load_views(cached)
+        reporter.log(f"{label}: {len(views)} colour photos from {cached}")
+        return views
+    bar = reporter.progress(len(rels), f"{label}: VGG and the MDN's trunk ({root})")
+    try:
+        views = collect_views(colorizer, root, rels, batch_size, grey_chroma, bar.advance, reporter.warn)
+    finally:
+        bar.close()
+    reporter.log(f"{label}: {len(views)} colour photos of {len(rels)} ({root})")
+    if cached is not None:
+        save_views(cached, views)
+    return views
+
+
 def train_refine(model: str | None, sources: list[tuple[str, list[str]]], out: str | os.PathLike,
                  cfg: RefineConfig | None = None, device: torch.device | str = "cpu",
-                 held: tuple[str, list[str]] | None = None, reporter=None, resume: bool = False,
+                 test: tuple[str, list[str]] | None = None, reporter=None, resume: bool = False,
                  cache_dir: str | os.PathLike | None = None) -> Path:
     """Fine-tune the means of ``model`` (a bundle) on the colour photos of ``sources`` ((root, relative paths)
     pairs) for ``cfg.epochs`` epochs and write the bundle to ``out`` after every epoch, with the training state
-    beside it (``--resume`` goes on from there). With ``held``, error-of-best there is measured each epoch."""
+    beside it (``--resume`` goes on from there). With ``test`` (held-out photos), error-of-best there is
+    measured each epoch."""
     from .registry import resolve_model
     from .train import Reporter
 
@@ -291,24 +313,10 @@ def train_refine(model: str | None, sources: list[tuple[str, list[str]]], out: s
     trunk = trunk_digest(source) if cache_dir is not None else ""
 
     def gather(label: str, root: str, rels: list[str]) -> Views:
-        cached = None if cache_dir is None else views_cache_file(cache_dir, trunk, root, rels, cfg.grey_chroma)
-        if cached is not None and cached.is_file():
-            views = load_views(cached)
-            reporter.log(f"{label}: {len(views)} colour photos from {cached}")
-            return views
-        bar = reporter.progress(len(rels), f"{label}: VGG and the MDN's trunk ({root})")
-        try:
-            views = collect_views(colorizer, root, rels, grey_chroma=cfg.grey_chroma, advance=bar.advance,
-                                  warn=reporter.warn)
-        finally:
-            bar.close()
-        reporter.log(f"{label}: {len(views)} colour photos of {len(rels)} ({root})")
-        if cached is not None:
-            save_views(cached, views)
-        return views
+        return gather_views(colorizer, label, root, rels, reporter, cfg.grey_chroma, cache_dir, trunk)
 
     train = Views.concat([gather("training photos", root, rels) for root, rels in sources])
-    held_views = gather("held-out photos", *held) if held is not None else None
+    held_views = gather("held-out photos", *test) if test is not None else None
     trainer = MeanTrainer(colorizer, cfg)
     history: list[dict] = []
     start_epoch = 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from colorize_cli import ranking
+from colorize_cli import ranking, refine
 
 from colorize_cli.bundle import export_bundle
 from colorize_cli.cli import main
@@ -81,7 +81,7 @@ def test_collected_photos_are_cached_per_model_and_list(tmp_path, tiny_run, synt
 
     def no_photos(*args, **kwargs):
         raise AssertionError("collected again")
-    monkeypatch.setattr(ranking, "collect", no_photos)
+    monkeypatch.setattr(refine, "collect_views", no_photos)     # what reads the photos
     second = ranking.train_ranking(str(bundle), [(str(synthetic_dataset), rels)], tmp_path / "b", cfg,
                                    cache_dir=tmp_path / "cache")
     a = torch.load(first / "mdn.pt", weights_only=True)

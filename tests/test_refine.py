@@ -32,7 +32,7 @@ def _refine(args, bundle, data, out, cache=None):
 
 def test_refine_moves_only_the_means_and_lowers_best_of_k(tmp_path, bundle, synthetic_dataset, views_cache):
     out = tmp_path / "refined"
-    r = _refine(["--epochs", "3", "--lr", "1e-2", "--held", str(synthetic_dataset)], bundle, synthetic_dataset, out,
+    r = _refine(["--epochs", "3", "--lr", "1e-2", "--test", str(synthetic_dataset)], bundle, synthetic_dataset, out,
                 views_cache)
     assert r.exit_code == 0, r.output
     record = json.loads((out / "manifest.json").read_text())["refine"]
@@ -79,7 +79,7 @@ def test_ranking_reuses_refines_kept_views(tmp_path, bundle, synthetic_dataset, 
     def no_vgg(*a, **k):
         raise AssertionError("ranking read the photos again although refine kept their views")
 
-    monkeypatch.setattr(ranking, "collect", no_vgg)
+    monkeypatch.setattr(refine, "collect_views", no_vgg)       # what reads the photos and runs VGG
     ranked = ranking.train_ranking(str(out), [(str(synthetic_dataset), rels)], tmp_path / "ranked",
                                    ranking.RankingConfig(ridge=1e-3), cache_dir=cache)
     manifest = json.loads((ranked / "manifest.json").read_text())
