@@ -163,7 +163,7 @@ def test_int8_default_follows_the_cpu_and_the_model(monkeypatch, tiny_run):
     cpu = torch.device("cpu")
     monkeypatch.setattr("colorize_cli.device.cpu_has_fast_int8", lambda: True)
     assert int8_mod.default_int8(cpu, "faces") is True            # int8.json, and int8 measured equal
-    assert int8_mod.default_int8(cpu, "general") is False         # int8.json, int8 not yet verified
+    assert int8_mod.default_int8(cpu, "general") is True          # int8.json, and int8 measured equal
     assert int8_mod.default_int8(cpu, tiny_run) is False          # no calibration: float
     assert int8_mod.default_int8(torch.device("cuda"), "faces") is False
     monkeypatch.setattr("colorize_cli.device.cpu_has_fast_int8", lambda: False)
