@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from bench_images import lfw_images
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def _inputs(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,7 +28,7 @@ def _inputs(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
     import cv2
 
-    from colorize_cli.colorizer import prepare
+    from colorize_cli.model.colorizer import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         preps = [prepare(cv2.imread(str(p))) for p in lfw_images(min(n, 256), Path(tmp))]
@@ -38,7 +37,7 @@ def _inputs(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     reps = -(-n // len(preps))
     l224 = np.concatenate([l224] * reps)[:n]
     l64 = np.concatenate([l64] * reps)[:n]
-    from colorize_cli.color import grey_from_l
+    from colorize_cli.model.color import grey_from_l
 
     return torch.from_numpy(grey_from_l(l224)).to(device), torch.from_numpy(l64).to(device)
 
@@ -77,7 +76,7 @@ def time_it(fn, batch: int, passes: int) -> float:
 
 
 def main() -> None:
-    from colorize_cli.colorizer import Colorizer
+    from colorize_cli.model.colorizer import Colorizer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--passes", type=int, default=20)

@@ -55,7 +55,7 @@ def _scan_images(folder: Path) -> list[Path]:
 
 
 def _prepared(paths):
-    from colorize_cli.colorizer import prepare
+    from colorize_cli.model.colorizer import prepare
 
     preps = [prepare(cv2.imread(str(p))) for p in paths]
     return np.stack([p.l64 for p in preps]), np.stack([p.l224 for p in preps])
@@ -69,8 +69,8 @@ def _sync(device):
 @torch.no_grad()
 def seed_style(colorizer, l64, l224, device, batch=32) -> float:
     """The tutorial's loop, fp32: a full CVAE (with its colour encoder) on 32 tiled copies per image."""
-    from colorize_cli.color import normalize_u8
-    from colorize_cli.models import CVAE
+    from colorize_cli.model.color import normalize_u8
+    from colorize_cli.model.networks import CVAE
 
     cvae = CVAE(colorizer.cvae.cfg).to(device).eval()
     cvae.cond_encoder.load_state_dict(colorizer.cvae.cond_encoder.state_dict())
@@ -222,8 +222,8 @@ def end_to_end(folder: Path, out: Path, model: str | None, device: str, extra: l
 
 
 def main() -> None:
-    from colorize_cli.colorizer import Colorizer
-    from colorize_cli.device import cpu_has_fast_bf16, resolve_device
+    from colorize_cli.model.colorizer import Colorizer
+    from colorize_cli.model.device import cpu_has_fast_bf16, resolve_device
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -242,7 +242,7 @@ def main() -> None:
     ap.add_argument("--cuda-rows", default="--no-cuda-graphs,--merge cpu,--workers 8",
                     help="on CUDA, end-to-end rows with these options against the defaults (comma-separated)")
     args = ap.parse_args()
-    from colorize_cli.batch import default_batch_size
+    from colorize_cli.engine.batch import default_batch_size
 
     device = resolve_device(args.device)
     args.batch_size = args.batch_size or default_batch_size(device.type)

@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from colorize_cli.device import autocast, resolve_device
-from colorize_cli.losses import kl_loss, mdn_loss, recon_loss
-from colorize_cli.models import CVAE, MDN
-from colorize_cli.train import adam
+from colorize_cli.model.device import autocast, resolve_device
+from colorize_cli.model.networks import CVAE, MDN
+from colorize_cli.training.losses import kl_loss, mdn_loss, recon_loss
+from colorize_cli.training.train import adam
 
 
 def _time_steps(step, steps: int, device: torch.device) -> float:

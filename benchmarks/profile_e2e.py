@@ -96,8 +96,8 @@ class _NoModel:
         return self._arrays[shape]
 
     def predict_async(self, l64, l224, samples=8, seeds=None, full=None):
-        from colorize_cli.colorizer import Prediction
-        from colorize_cli.render import sheet_cols, sheet_gap, sheet_shape
+        from colorize_cli.model.colorizer import Prediction
+        from colorize_cli.model.render import sheet_cols, sheet_gap, sheet_shape
 
         preds = []
         for i in range(len(l64)):
@@ -131,7 +131,7 @@ def main() -> None:
     if args.no_model:
         import torch
 
-        from colorize_cli import colorizer, device
+        from colorize_cli.model import colorizer, device
 
         colorizer.Colorizer.load = staticmethod(lambda *a, **k: _NoModel())
         device.resolve_device = lambda spec: torch.device("cuda")

@@ -4,14 +4,15 @@
     samples, weights = Colorizer.load().colorize("photo.jpg", samples=8)
 """
 
-__version__ = "0.2.0"
+from .common.version import __version__
+
 __all__ = ["Colorizer", "__version__"]
 
 
 def __getattr__(name: str):
     # lazily: `colorize --help` must not pay for importing torch
     if name == "Colorizer":
-        from .colorizer import Colorizer
+        from .api import Colorizer
 
         return Colorizer
     raise AttributeError(f"module 'colorize_cli' has no attribute {name!r}")

@@ -73,7 +73,7 @@ def random_vgg_file(tmp_path_factory) -> Path:
     """VGG weights of the right layout but random values: enough to exercise the code without ../shared."""
     import torch
 
-    from colorize_cli.vgg import vgg_architecture
+    from colorize_cli.model.vgg import vgg_architecture
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("vgg") / "vgg_random.pth"
@@ -86,7 +86,8 @@ def tiny_run(tmp_path_factory, synthetic_dataset, random_vgg_file) -> Path:
     """A model trained by the project's own training code: one epoch of each stage on 16 images."""
     import torch
 
-    from colorize_cli.train import DataSpec, Reporter, TrainConfig, train_mdn, train_vae
+    from colorize_cli.training.mdn import train_mdn
+    from colorize_cli.training.train import DataSpec, Reporter, TrainConfig, train_vae
 
     class Quiet(Reporter):
         def log(self, message):

@@ -3,14 +3,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
-
-from colorize_cli.bundle import dequantize_state, export_bundle, quantize_state
-from colorize_cli.cli import main
-from colorize_cli.colorizer import Colorizer
-from colorize_cli.evaluate import ab_distance, colourfulness, diversity
 from conftest import REPO, synthetic_photo
+
+from colorize_cli.cli import main
+from colorize_cli.model.bundle import dequantize_state, export_bundle, quantize_state
+from colorize_cli.model.colorizer import Colorizer
+from colorize_cli.training.evaluate import ab_distance, colourfulness, diversity
 
 
 def test_int8_quantisation_error_is_small():
@@ -71,6 +72,37 @@ def test_evaluate_cli_json(tiny_run, synthetic_dataset, tmp_path):
     assert mdn["best"] <= mdn["top1"] + 1e-9 and mdn["best"] <= mdn["mean"] + 1e-9
     assert report["methods"]["grey"]["diversity"] == 0.0
     assert (tmp_path / "sheet.png").is_file()
+
+
+def test_evaluate_reports_vividness_and_the_decoders_best(tiny_run, synthetic_dataset):
+    result = CliRunner().invoke(main, ["evaluate", str(synthetic_dataset), "--model", str(tiny_run), "--device",
+                                       "cpu", "--no-bf16", "--limit", "4", "--json", "--fit-steps", "30"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    top, grey, fitted = (report["methods"][k] for k in ("top1", "grey", "fitted"))
+    # sample 1 against the truth, from the same numbers the table shows
+    assert report["sample1_colourfulness_vs_truth"] == pytest.approx(top["colourfulness"] / report["truth_colourfulness"])
+    assert report["sample1_delta_cf"] == pytest.approx(report["truth_colourfulness"] - top["colourfulness"])
+    assert 0.0 <= report["sample1_near_grey"] <= 1.0 and grey["near_grey"] == 1.0   # ab = 0 is grey
+    assert fitted["best"] == fitted["top1"] and fitted["diversity"] == 0.0     # one fitted z per photo
+    table = CliRunner().invoke(main, ["evaluate", str(synthetic_dataset), "--model", str(tiny_run), "--device", "cpu",
+                                      "--limit", "2", "--fit-steps", "2"])
+    assert table.exit_code == 0 and "near-grey" in table.output and "z fitted to the truth" in table.output
+
+
+def test_fitted_latents_never_end_worse_than_they_start(tiny_run):
+    from colorize_cli.training.evaluate import ab_distance, fit_latents
+
+    colorizer = Colorizer.load(tiny_run, "cpu", bf16=False)
+    rng = np.random.default_rng(3)
+    l64 = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    truth = rng.uniform(-0.3, 0.3, (3, 2, 64, 64)).astype(np.float32)
+    start = fit_latents(colorizer, l64, truth, 0)        # z = 0's decoding
+    fitted = fit_latents(colorizer, l64, truth, 20)
+    for s0, s1, t in zip(start, fitted, truth):
+        assert ab_distance(s1, t)[0] <= ab_distance(s0, t)[0]   # each photo keeps its best iterate
+    assert np.mean([ab_distance(s1, t)[0] for s1, t in zip(fitted, truth)]) < \
+        np.mean([ab_distance(s0, t)[0] for s0, t in zip(start, truth)])
 
 
 def test_help_does_not_import_torch():

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import OLD_PHOTOS, REPO, require, synthetic_photo
 
 from colorize_cli.cli import main
-from conftest import OLD_PHOTOS, REPO, require, synthetic_photo
 
 
 def invoke(*args, input=None):
@@ -131,7 +131,7 @@ def test_stdin_paths_and_usage_errors(photos, tiny_run):
 
 
 def test_without_any_model_says_how_to_train(photos, monkeypatch):
-    import colorize_cli.registry as registry
+    import colorize_cli.model.registry as registry
 
     monkeypatch.setattr(registry, "bundled_path", lambda name: None)
     result = invoke(photos / "nested", "--device", "cpu")
@@ -177,8 +177,9 @@ def test_killed_run_then_rerun_completes(tmp_path, tiny_run):
 
 def test_sheets_merged_on_the_device_equal_the_cpu_path(photos, tiny_run, tmp_path):
     # the GPU's path (whole sheets merged by torch on the model's device), run here on the CPU
-    from colorize_cli.batch import BatchOptions, discover, plan_outputs, colorize_items
-    from colorize_cli.colorizer import Colorizer
+    from colorize_cli.engine.batch import colorize_items
+    from colorize_cli.engine.plan import BatchOptions, discover, plan_outputs
+    from colorize_cli.model.colorizer import Colorizer
 
     colorizer = Colorizer.load(tiny_run, "cpu")
     outputs = {}
@@ -200,8 +201,9 @@ def test_sheets_merged_on_the_device_equal_the_cpu_path(photos, tiny_run, tmp_pa
 
 
 def test_skips_decided_in_the_decode_threads_keep_order_and_need_no_model(tmp_path, tiny_run):
-    from colorize_cli.batch import BatchOptions, run_paths
-    from colorize_cli.colorizer import Colorizer
+    from colorize_cli.engine.batch import run_paths
+    from colorize_cli.engine.plan import BatchOptions
+    from colorize_cli.model.colorizer import Colorizer
 
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"p{i}.jpg"), synthetic_photo(np.random.default_rng(i)))
@@ -222,8 +224,9 @@ def test_skips_decided_in_the_decode_threads_keep_order_and_need_no_model(tmp_pa
 def test_cpu_streams_keep_order_and_outputs(tmp_path, tiny_run):
     # two batches at once in two single-threaded streams: results in input order, the same pictures as one
     # stream on all the threads (float sums may differ in order: a level at most)
-    from colorize_cli.batch import BatchOptions, colorize_items, discover, plan_outputs
-    from colorize_cli.colorizer import Colorizer
+    from colorize_cli.engine.batch import colorize_items
+    from colorize_cli.engine.plan import BatchOptions, discover, plan_outputs
+    from colorize_cli.model.colorizer import Colorizer
 
     rng = np.random.default_rng(5)
     photos = tmp_path / "photos"

@@ -8,10 +8,10 @@ import sys
 import cv2
 import numpy as np
 from click.testing import CliRunner
+from conftest import REPO, synthetic_photo
 
 from colorize_cli import __version__
 from colorize_cli.cli import main
-from conftest import REPO, synthetic_photo
 
 
 def test_version_and_help():
@@ -50,8 +50,8 @@ def test_shell_completion_offers_subcommands():
 
 
 def test_numbered_sheets_sized_to_look_at_and_format_auto(tmp_path, tiny_run):
-    from colorize_cli import provenance
-    from colorize_cli.render import CAPTION_PX
+    from colorize_cli.files import provenance
+    from colorize_cli.model.render import CAPTION_PX
 
     big = synthetic_photo(np.random.default_rng(2), 900, 1200)
     cv2.imwrite(str(tmp_path / "scan.jpg"), big)

@@ -1,10 +1,19 @@
 import cv2
 import numpy as np
 import pytest
-
-from colorize_cli.color import (LossWeighter, bgr_to_lab, count_prior, gamut_centres, grey_from_l, lab_to_bgr,
-                                normalize_u8, weights_from_prior, zhang_prior)
 from conftest import synthetic_photo
+
+from colorize_cli.model.color import (
+    LossWeighter,
+    bgr_to_lab,
+    count_prior,
+    gamut_centres,
+    grey_from_l,
+    lab_to_bgr,
+    normalize_u8,
+    weights_from_prior,
+    zhang_prior,
+)
 
 
 def _real_photos(shared, n=12):
@@ -85,7 +94,7 @@ def test_count_prior_of_a_grey_image_is_the_neutral_bin():
 
 
 def test_grey_from_l_any_shape_is_the_table_lookup():
-    from colorize_cli.color import _grey_lut
+    from colorize_cli.model.color import _grey_lut
 
     rng = np.random.default_rng(3)
     for shape in [(5,), (3, 4), (2, 224, 224), (1, 7, 600), (0, 4)]:

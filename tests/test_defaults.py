@@ -9,9 +9,8 @@ import sys
 
 import cv2
 import pytest
-from PIL import Image
-
 from conftest import OLD_PHOTOS, REPO, require
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 

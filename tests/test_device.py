@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import synthetic_photo
 
 from colorize_cli.cli import main
-from colorize_cli.colorizer import Colorizer
-from colorize_cli.device import DeviceError, resolve_device
-
-from conftest import synthetic_photo
+from colorize_cli.model.colorizer import Colorizer
+from colorize_cli.model.device import DeviceError, resolve_device
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -53,7 +52,7 @@ def test_cuda_matches_cpu(tiny_run):
 
 
 def test_upload_stacks_pads_and_keeps_dtype():
-    from colorize_cli.device import upload
+    from colorize_cli.model.device import upload
 
     rng = np.random.default_rng(0)
     cpu = torch.device("cpu")
@@ -69,7 +68,7 @@ def test_upload_stacks_pads_and_keeps_dtype():
 
 def test_inputs_looked_up_on_the_device_equal_the_host_mappings(tiny_run):
     # the batch goes up as uint8 and is mapped by 256-entry tables there: bit for bit the host's mappings
-    from colorize_cli.color import grey_from_l, normalize_u8
+    from colorize_cli.model.color import grey_from_l, normalize_u8
 
     rng = np.random.default_rng(1)
     l64 = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
@@ -90,7 +89,7 @@ def test_inputs_looked_up_on_the_device_equal_the_host_mappings(tiny_run):
 
 
 def test_cuda_graphs_need_cuda(tiny_run):
-    from colorize_cli.graphs import graph_batch
+    from colorize_cli.model.graphs import graph_batch
 
     assert [graph_batch(n) for n in (1, 2, 3, 64, 65, 128, 129)] == [1, 2, 4, 64, 128, 128, 256]
     assert not Colorizer.load(tiny_run, "cpu").cuda_graphs
@@ -175,7 +174,7 @@ def test_compiled_networks_pad_batches_and_equal_eager(tiny_run):
 
 
 def test_cli_compile_flag(tmp_path, tiny_run, monkeypatch):
-    from colorize_cli import runner
+    from colorize_cli.engine import runner
 
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"p{i}.jpg"), synthetic_photo(np.random.default_rng(i)))
@@ -197,8 +196,9 @@ def test_cli_compile_flag(tmp_path, tiny_run, monkeypatch):
 
 def test_device_sheet_memory_budgets_keep_order_and_outputs(tmp_path, tiny_run, monkeypatch):
     # budgets of one byte: every batch closes after its first GPU-merged photo and every write is awaited
-    from colorize_cli import batch
-    from colorize_cli.batch import BatchOptions, colorize_items, discover, plan_outputs
+    from colorize_cli.engine import batch
+    from colorize_cli.engine.batch import colorize_items
+    from colorize_cli.engine.plan import BatchOptions, discover, plan_outputs
 
     for i in range(5):
         cv2.imwrite(str(tmp_path / f"p{i}.jpg"), synthetic_photo(np.random.default_rng(i), 60 + 7 * i, 80))

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
-
-from colorize_cli.checkpoint import read_checkpoint
-from colorize_cli.train import load_vae
 from conftest import LFW_SPLITS, VGG_FILE, require
+
+from colorize_cli.model.checkpoint import read_checkpoint
+from colorize_cli.training.train import load_vae
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO, synthetic_photo
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -113,8 +112,8 @@ def test_choosing_in_a_real_browser_then_pick(page_folder, tiny_run, tmp_path):
 
 def test_a_sheet_without_a_record_still_offers_its_samples(tmp_path):
     """webp sheets carry no record: the page still lists the photo with the run's number of samples."""
-    from colorize_cli.batch import InputItem
-    from colorize_cli.gallery import entries
+    from colorize_cli.engine.plan import InputItem
+    from colorize_cli.files.gallery import entries
 
     photo = tmp_path / "p.webp"
     cv2.imwrite(str(photo), synthetic_photo(np.random.default_rng(1), 20, 30))

@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from colorize_cli import int8 as int8_mod, registry
-from colorize_cli.augment import Augment
-from colorize_cli.checkpoint import read_checkpoint
-from colorize_cli.cli import main
-from colorize_cli.colorizer import Colorizer
-from colorize_cli.data import build_cache, is_grey, list_images
-from colorize_cli.evaluate import washed
-from colorize_cli.losses import mdn_loss
 from conftest import LFW_SPLITS, require, synthetic_photo
+
+from colorize_cli.cli import main
+from colorize_cli.model import int8 as int8_mod
+from colorize_cli.model import registry
+from colorize_cli.model.checkpoint import read_checkpoint
+from colorize_cli.model.colorizer import Colorizer
+from colorize_cli.training.augment import Augment
+from colorize_cli.training.data import build_cache, is_grey, list_images
+from colorize_cli.training.evaluate import washed
+from colorize_cli.training.losses import mdn_loss
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +162,12 @@ def test_models_command_and_unknown_name(tmp_path):
 
 def test_int8_default_follows_the_cpu_and_the_model(monkeypatch, tiny_run):
     cpu = torch.device("cpu")
-    monkeypatch.setattr("colorize_cli.device.cpu_has_fast_int8", lambda: True)
+    monkeypatch.setattr("colorize_cli.model.device.cpu_has_fast_int8", lambda: True)
     assert int8_mod.default_int8(cpu, "faces") is True            # int8.json, and int8 measured equal
     assert int8_mod.default_int8(cpu, "general") is True          # int8.json, and int8 measured equal
     assert int8_mod.default_int8(cpu, tiny_run) is False          # no calibration: float
     assert int8_mod.default_int8(torch.device("cuda"), "faces") is False
-    monkeypatch.setattr("colorize_cli.device.cpu_has_fast_int8", lambda: False)
+    monkeypatch.setattr("colorize_cli.model.device.cpu_has_fast_int8", lambda: False)
     assert int8_mod.default_int8(cpu, "faces") is False
 
 
@@ -180,7 +181,7 @@ def test_no_int8_opts_out(monkeypatch, tmp_path):
         return real(model, device, bf16, compile_backend, cuda_graphs, int8, cpu_streams)
 
     monkeypatch.setattr(Colorizer, "load", staticmethod(spy))
-    monkeypatch.setattr("colorize_cli.device.cpu_has_fast_int8", lambda: True)
+    monkeypatch.setattr("colorize_cli.model.device.cpu_has_fast_int8", lambda: True)
     photo = tmp_path / "p.jpg"
     cv2.imwrite(str(photo), synthetic_photo(np.random.default_rng(0), 40, 40))
     result = CliRunner().invoke(main, [str(photo), "--device", "cpu", "--samples", "1", "--no-int8", "--no-bf16"])
@@ -190,6 +191,7 @@ def test_no_int8_opts_out(monkeypatch, tmp_path):
 
 def test_library_accepts_what_a_user_has(tmp_path, tiny_run):
     from colorize_cli import Colorizer as TopLevel
+    from colorize_cli.api import Colorizer
 
     assert TopLevel is Colorizer
     c = Colorizer.load(tiny_run)          # the CLI's defaults: device auto, bf16 where fast

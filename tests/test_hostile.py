@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import REPO, synthetic_photo
 
 from colorize_cli.cli import main
-from conftest import REPO, synthetic_photo
 
 
 def invoke(*args, input=None):
@@ -115,7 +115,7 @@ def test_bad_model_folders_are_one_line_and_exit_2(tmp_path, tiny_run):
         r = invoke(photo_dir, "--model", bad, "--samples", "1", "--device", "cpu")
         assert r.exit_code == 2 and len(_lines(r.output)) == 1, r.output
 
-    from colorize_cli.bundle import export_bundle
+    from colorize_cli.model.bundle import export_bundle
 
     bundle = export_bundle(tiny_run, tmp_path / "bundle")
     wrong_shape = tmp_path / "wrong-shape"
@@ -206,7 +206,7 @@ def test_pixel_limit_is_read_from_every_formats_header(tmp_path, tiny_run):
 
 
 def test_an_output_belongs_to_the_input_it_names(tmp_path, tiny_run):
-    from colorize_cli import provenance
+    from colorize_cli.files import provenance
 
     _photo(tmp_path / "a.png", 1)
     first = invoke(tmp_path, "--model", tiny_run, "--samples", "1", "--device", "cpu")
@@ -248,7 +248,7 @@ def test_output_folder_mirrors_a_tree_without_collisions(tmp_path, tiny_run):
 
 
 def test_records_in_png_and_jpeg_outputs(tmp_path, tiny_run):
-    from colorize_cli import provenance
+    from colorize_cli.files import provenance
 
     _photo(tmp_path / "p.jpg")
     for fmt in ("png", "jpg"):
@@ -264,7 +264,7 @@ def test_records_in_png_and_jpeg_outputs(tmp_path, tiny_run):
 
 
 def test_bad_model_or_device_is_an_error_even_when_all_is_done(tmp_path, tiny_run):
-    from colorize_cli.bundle import export_bundle
+    from colorize_cli.model.bundle import export_bundle
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -505,7 +505,7 @@ def test_kills_at_several_moments_leave_nothing_wrong(tmp_path, tiny_run, moment
 def test_a_dead_runs_claim_on_a_finished_photo_is_cleared(tmp_path, tiny_run):
     """Killed after an output landed and before its claim was released: the rerun skips that photo, so the
     claim must be cleared by the sweep of stale files, not by a takeover. A live run's claim stays."""
-    from colorize_cli.atomic import HOST
+    from colorize_cli.common.atomic import HOST
 
     folder = _photo_folder(tmp_path / "in", 3, 60, 80, seed=5)
     assert invoke(str(folder), "--model", str(tiny_run), "--device", "cpu", "-q").exit_code == 0
@@ -530,7 +530,7 @@ def test_sheets_of_large_photos_open_in_common_readers(tmp_path, tiny_run):
 
     from PIL import Image
 
-    from colorize_cli.batch import SHEET_MAX_PIXELS
+    from colorize_cli.engine.writer import SHEET_MAX_PIXELS
 
     photo = tmp_path / "scan.png"
     cv2.imwrite(str(photo), cv2.resize(synthetic_photo(np.random.default_rng(2), 300, 400), (4000, 3000)))

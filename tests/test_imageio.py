@@ -1,9 +1,15 @@
 import cv2
 import numpy as np
 import pytest
-
-from colorize_cli.imageio import ImageReadError, decode_image, encode_image, read_image, write_atomic
 from conftest import synthetic_photo
+
+from colorize_cli.files.imageio import (
+    ImageReadError,
+    decode_image,
+    encode_image,
+    read_image,
+    write_atomic,
+)
 
 
 def _enc(img, ext, params=()):
@@ -27,8 +33,9 @@ def test_grey_16bit_rgba_and_cmyk():
     got = decode_image(_enc(rgba, ".png"))
     assert got.alpha is not None and int(got.alpha[0, 0]) == 77
 
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(photo[..., ::-1]).convert("CMYK").save(buf, "JPEG", quality=95)
@@ -38,8 +45,9 @@ def test_grey_16bit_rgba_and_cmyk():
 
 
 def test_exif_orientation_is_applied():
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     photo = np.zeros((20, 40, 3), np.uint8)
     photo[:, :20] = 255  # left half white
@@ -68,7 +76,7 @@ def _jpeg_with_exif(orientation: int, big_endian: bool = False) -> bytes:
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("big_endian", [False, True])
 def test_jpeg_header_reader_agrees_with_pillow(orientation, big_endian):
-    from colorize_cli.imageio import _exif_orientation, _header_size, _jpeg_header
+    from colorize_cli.files.imageio import _exif_orientation, _header_size, _jpeg_header
 
     data = _jpeg_with_exif(orientation, big_endian)
     assert _jpeg_header(data) == ((50, 30), orientation) == (_header_size(data), _exif_orientation(data))
@@ -78,7 +86,7 @@ def test_jpeg_header_reader_agrees_with_pillow(orientation, big_endian):
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF")
 def test_jpeg_header_reader_gives_up_on_odd_markers():
-    from colorize_cli.imageio import _jpeg_header
+    from colorize_cli.files.imageio import _jpeg_header
 
     data = _jpeg_with_exif(6)
     broken_ifd = data.replace(b"II*\x00\x08\x00\x00\x00", b"II*\x00\xff\x00\x00\x00")
@@ -90,7 +98,7 @@ def test_jpeg_header_reader_gives_up_on_odd_markers():
 
 
 def test_jpeg_header_reader_on_real_photos(shared):
-    from colorize_cli.imageio import _exif_orientation, _header_size, _jpeg_header
+    from colorize_cli.files.imageio import _exif_orientation, _header_size, _jpeg_header
 
     paths = sorted((shared / "data" / "lfw-deepfunneled").rglob("*.jpg"))[:200]
     paths += sorted((shared / "data" / "old_photos").rglob("*.jp*g"))
@@ -131,7 +139,7 @@ def test_write_atomic_leaves_no_temp_files(tmp_path):
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_streaming_png_round_trip(tmp_path, channels):
-    from colorize_cli.imageio import write_png_streaming
+    from colorize_cli.files.imageio import write_png_streaming
 
     rng = np.random.default_rng(channels)
     img = rng.integers(0, 256, (123, 77, channels), dtype=np.uint8)
@@ -145,8 +153,8 @@ def test_streaming_png_round_trip(tmp_path, channels):
 
 
 def test_sheet_strips_equal_whole_merge():
-    from colorize_cli import render
-    from colorize_cli.render import merge, sheet_shape, sheet_strips, tile
+    from colorize_cli.model import render
+    from colorize_cli.model.render import merge, sheet_shape, sheet_strips, tile
 
     rng = np.random.default_rng(0)
     l_full = rng.integers(0, 256, (90, 70), dtype=np.uint8)
@@ -167,7 +175,7 @@ def test_sheet_strips_equal_whole_merge():
 def test_torch_lab_to_bgr_matches_opencv():
     import torch
 
-    from colorize_cli.color import l_ab_to_bgr, l_ab_to_bgr_torch
+    from colorize_cli.model.color import l_ab_to_bgr, l_ab_to_bgr_torch
 
     rng = np.random.default_rng(2)
     l_u8 = rng.integers(0, 256, (4, 60, 70), dtype=np.uint8)
@@ -184,7 +192,12 @@ def test_torch_lab_to_bgr_matches_opencv():
 def test_device_sheets_equal_cpu_strips(h, w, n, with_alpha):
     import torch
 
-    from colorize_cli.render import sheet_cols, sheet_gap, sheet_strips, sheets_on_device
+    from colorize_cli.model.render import (
+        sheet_cols,
+        sheet_gap,
+        sheet_strips,
+        sheets_on_device,
+    )
 
     rng = np.random.default_rng(h)
     l_fulls = [rng.integers(0, 256, (h, w), dtype=np.uint8) for _ in range(3)]
@@ -206,7 +219,7 @@ def test_metadata_of_damaged_headers_is_empty_not_an_error():
 
     from PIL import Image
 
-    from colorize_cli.metadata import ImageMeta, read
+    from colorize_cli.files.metadata import ImageMeta, read
 
     buf = io.BytesIO()
     exif = Image.Exif()

@@ -7,12 +7,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from conftest import LFW_SPLITS, SHARED, require
 
 from colorize_cli.cli import main
-from colorize_cli.colorizer import Colorizer
-from colorize_cli.int8 import (CALIBRATION_FILE, Int8Calibration, Int8Error, Int8Mixture, _pool_u8,
-                               calibrate_photos, conv_chain, fold_batchnorm, int8_supported)
-from conftest import LFW_SPLITS, SHARED, require
+from colorize_cli.model.colorizer import Colorizer
+from colorize_cli.model.int8 import (
+    CALIBRATION_FILE,
+    Int8Calibration,
+    Int8Error,
+    Int8Mixture,
+    _pool_u8,
+    conv_chain,
+    fold_batchnorm,
+    int8_supported,
+)
+from colorize_cli.training.calibrate import calibrate_photos
 
 pytestmark = pytest.mark.skipif(not int8_supported(), reason="no oneDNN int8 convolutions in this torch")
 
@@ -63,8 +72,9 @@ def test_int8_close_to_fp32_on_a_trained_run(tiny_run, synthetic_dataset):
     calibration, skipped = calibrate_photos(colorizer.vgg, colorizer.mdn, paths, batch_size=8)
     assert not skipped and calibration.images == len(paths)
     assert len(calibration.ranges) == sum(1 for s in conv_chain(colorizer.vgg, colorizer.mdn) if s != "pool") == 17
-    from colorize_cli.colorizer import prepare
     import cv2
+
+    from colorize_cli.model.colorizer import prepare
 
     l224 = np.stack([prepare(cv2.imread(str(p))).l224 for p in paths[:6]])
     (means, weights), (means8, weights8) = _mixtures(colorizer, calibration, l224)
@@ -78,14 +88,15 @@ def test_int8_close_to_fp32_on_a_trained_run(tiny_run, synthetic_dataset):
 
 @pytest.mark.parametrize("name", ["general", "faces"])
 def test_bundled_model_int8_close_to_fp32_on_real_photos(shared, name):
-    from colorize_cli.registry import bundled_path
+    from colorize_cli.model.registry import bundled_path
 
     require(LFW_SPLITS / "test.txt")
     bundle = bundled_path(name)
     if bundle is None or not (bundle / CALIBRATION_FILE).is_file():
         pytest.skip(f"no bundled model {name} with an int8 calibration")
-    from colorize_cli.colorizer import prepare
     import cv2
+
+    from colorize_cli.model.colorizer import prepare
 
     rels = (LFW_SPLITS / "test.txt").read_text().split()[:8]
     imgs = [cv2.imread(str(SHARED / "data" / r)) for r in rels]
@@ -99,7 +110,7 @@ def test_bundled_model_int8_close_to_fp32_on_real_photos(shared, name):
     # faces on an AMX CPU: over 64 LFW test photos x 8 samples, mean 0.0026 against bf16's 0.0009 (ab in
     # [-1, 1]). Without VNNI/AMX, oneDNN's u8 x s8 path sums pairs of products in saturating int16 first:
     # faces 0.013 and general 0.023 on an AVX2-only CPU - why int8 is a default only where those units are
-    from colorize_cli.device import cpu_has_fast_int8
+    from colorize_cli.model.device import cpu_has_fast_int8
 
     bound = 0.01 if name == "faces" and cpu_has_fast_int8() else 0.05
     assert diff.mean() < bound, diff.mean()
@@ -131,7 +142,7 @@ def test_cli_calibrate_then_int8(tmp_path, tiny_run, synthetic_dataset):
     assert sorted(x["status"] for x in lines) == ["done"] * 4 + ["failed"]
     assert all((photos / f"img_{i:02d}.colorized.png").is_file() for i in (0, 4, 8, 12))
     # a bundle made from the run takes its calibration along
-    from colorize_cli.bundle import export_bundle
+    from colorize_cli.model.bundle import export_bundle
 
     bundle = export_bundle(run, tmp_path / "bundle")
     assert Int8Calibration.load(bundle / CALIBRATION_FILE) == cal

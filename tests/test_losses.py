@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from colorize_cli.losses import kl_loss, mdn_loss, recon_loss
+from colorize_cli.training.losses import kl_loss, mdn_loss, recon_loss
 
 
 def test_kl_zero_for_standard_normal_and_known_value():

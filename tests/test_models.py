@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from colorize_cli.models import CVAE, MDN, count_parameters, split_mixture
+from colorize_cli.model.networks import CVAE, MDN, count_parameters, split_mixture
 
 
 def test_parameter_counts_match_the_seed():
@@ -40,7 +40,7 @@ def test_eval_mode_is_deterministic():
 def test_decoder_forward_samples_equals_repeated_forward():
     import torch
 
-    from colorize_cli.models import CVAE
+    from colorize_cli.model.networks import CVAE
 
     torch.manual_seed(0)
     model = CVAE().eval()
@@ -59,7 +59,7 @@ def test_decoder_forward_samples_equals_repeated_forward():
 
 def test_vgg_architecture_is_torchvisions_vgg16_features():
     torchvision = pytest.importorskip("torchvision")
-    from colorize_cli.vgg import VGG_LAYERS, vgg_architecture
+    from colorize_cli.model.vgg import VGG_LAYERS, vgg_architecture
 
     ours = vgg_architecture()
     theirs = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])[:VGG_LAYERS]

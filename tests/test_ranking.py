@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from colorize_cli import ranking, refine
-
-from colorize_cli.bundle import export_bundle
-from colorize_cli.cli import main
-from colorize_cli.colorizer import Colorizer
 from conftest import synthetic_photo
+
+from colorize_cli.cli import main
+from colorize_cli.model.bundle import export_bundle
+from colorize_cli.model.colorizer import Colorizer
+from colorize_cli.training import ranking, refine
 
 
 @pytest.mark.parametrize("objective", [["--objective", "error", "--ridge", "1e-5"],

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import LFW_SPLITS, require
 
 from colorize_cli.cli import main
-from conftest import LFW_SPLITS, require
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def ray_cluster():
     """One local Ray for the session (each start costs seconds): 2 CPUs, as a small machine has."""
     ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
-    from colorize_cli.ray_engine import _stderr_silenced
+    from colorize_cli.engine.ray import _stderr_silenced
 
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if not ray.is_initialized():
@@ -97,9 +97,9 @@ def _actor_pids() -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actors' processes in /proc")
 def test_a_killed_actor_is_replaced_and_the_job_completes(ray_cluster, lfw_photos, tmp_path):
-    from colorize_cli.batch import BatchOptions
-    from colorize_cli.colorizer import LoadOptions
-    from colorize_cli.ray_engine import run_paths_on_ray
+    from colorize_cli.engine.plan import BatchOptions
+    from colorize_cli.engine.ray import run_paths_on_ray
+    from colorize_cli.model.colorizer import LoadOptions
 
     for i in range(8):   # 16 photos, in batches of 2
         shutil.copy(next(lfw_photos.glob("*.jpg")), lfw_photos / f"copy_{i}.jpg")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from colorize_cli import ranking, refine
-from colorize_cli.bundle import export_bundle
 from colorize_cli.cli import main
-from colorize_cli.colorizer import Colorizer
+from colorize_cli.model.bundle import export_bundle
+from colorize_cli.model.colorizer import Colorizer
+from colorize_cli.training import ranking, refine
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,19 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-
-from colorize_cli.checkpoint import CheckpointError, read_checkpoint
-from colorize_cli.cli import main
-from colorize_cli.train import DataSpec, Reporter, TrainConfig, load_vae, train_mdn, train_vae
-from colorize_cli.vgg import VGGWeightsError, resolve_vgg_state
 from conftest import LFW_SPLITS, VGG_FILE, require
+
+from colorize_cli.cli import main
+from colorize_cli.model.checkpoint import CheckpointError, read_checkpoint
+from colorize_cli.model.vgg import VGGWeightsError, resolve_vgg_state
+from colorize_cli.training.mdn import train_mdn
+from colorize_cli.training.train import (
+    DataSpec,
+    Reporter,
+    TrainConfig,
+    load_vae,
+    train_vae,
+)
 
 
 class Quiet(Reporter):
@@ -112,7 +119,7 @@ def test_checkpoint_loading_never_runs_code(tmp_path):
 
 def test_plain_progress_prints_a_line_per_tenth_whatever_the_batch(capsys):
     # in a log (no terminal) the count advances by whole batches: 16 never lands on a multiple of 500
-    from colorize_cli.cli import _PlainProgress
+    from colorize_cli.cli.app import _PlainProgress
 
     bar = _PlainProgress(5000, "photos")
     for _ in range(0, 5000, 16):

@@ -33,9 +33,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .batch import (BatchOptions, Discovery, InputItem, ItemResult, colorize_items, default_batch_size,
-                    run_paths)
-from .colorizer import LoadOptions
+from ..model.colorizer import LoadOptions
+from .batch import colorize_items, default_batch_size, run_paths
+from .plan import BatchOptions, Discovery, InputItem, ItemResult
 
 #: model batches per actor call (the local engine's stream pipelines within a call)
 CALL_BATCHES = 4
@@ -160,7 +160,7 @@ def _resources(ray, actors: int | None) -> tuple[int, float, float]:
 def run_paths_on_ray(paths: Iterable[str], load: LoadOptions, opts: BatchOptions, recursive: bool = True,
                      actors: int | None = None) -> tuple[Discovery, Iterator[ItemResult]]:
     """``batch.run_paths`` with the work in Ray actors: the same discovery, plan and skip-all here."""
-    from .atomic import remove_stale
+    from ..common.atomic import remove_stale
 
     _import_ray()   # fail early, before listing, without the extra
 

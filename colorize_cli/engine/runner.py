@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from .batch import BatchOptions
-    from .colorizer import LoadOptions
+    from ..model.colorizer import LoadOptions
+    from .plan import BatchOptions
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 #: torch.compile's backend for --compile
@@ -49,7 +49,7 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
     samples = opts.samples
 
     def load_colorizer():
-        from .device import DeviceError
+        from ..model.device import DeviceError
 
         try:
             colorizer = run.model.load()
@@ -78,7 +78,7 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
     _end_like_ctrl_c_on((signal.SIGTERM, getattr(signal, "SIGHUP", None)))
     usage_errors: tuple = (_UsageFailure,)
     if run.ray:
-        from .ray_engine import RayUnavailable, run_paths_on_ray
+        from .ray import RayUnavailable, run_paths_on_ray
 
         usage_errors = (_UsageFailure, RayUnavailable)   # no cluster, or no GPU in it: found when it starts
         try:
@@ -115,15 +115,21 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
     t0 = time.perf_counter()
     progress = task = None
     if interactive:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         progress = Progress(TextColumn("colorizing"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TextColumn("ETA"),
                             TimeRemainingColumn(), console=console, transient=True)
         progress.start()
         task = progress.add_task("colorizing", total=len(found.items), rate="-")
-    from . import native
+    from ..files import native
 
     # the local engine decodes here: native decoders' stderr lines become the inputs' own (native.py)
     capturing = contextlib.ExitStack()
@@ -163,7 +169,7 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
     except KeyboardInterrupt as err:
         if progress is not None:
             progress.stop()
-        from .atomic import remove_live_temporaries
+        from ..common.atomic import remove_live_temporaries
 
         remove_live_temporaries()
         signum = err.signum if isinstance(err, _Terminated) else signal.SIGINT
@@ -184,13 +190,14 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
 
 
 def _write_gallery(found, run: RunOptions, silent: bool) -> None:
-    from . import gallery
+    from ..files import gallery
 
     opts = run.batch
     # what `colorize pick` needs to redo this run's samples: only what differs from its defaults
     options = {"--model": run.model.model if run.model.model not in (None, "general") else None,
                "--seed": opts.seed if opts.seed else None,
                "--samples": opts.samples if opts.samples != 8 else None,
+               "--vividness": opts.vividness if opts.vividness != 1.0 else None,
                "--format": opts.fmt if opts.fmt != "auto" else None,
                "--quality": opts.quality,
                "--output": str(opts.output_dir) if opts.output_dir is not None else None}
@@ -213,7 +220,7 @@ def _decoder_said(warnings: list[str]) -> str:
 
 def _dry_run(found, opts, as_json: bool) -> int:
     """What a run would do, one line (or JSON object) per input on stdout; nothing is written or loaded."""
-    from .batch import plan_status
+    from .plan import plan_status
 
     for item in found.items:
         status, detail = plan_status(item, opts)

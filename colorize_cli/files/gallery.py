@@ -17,8 +17,8 @@ import shlex
 from importlib import resources
 from pathlib import Path
 
+from ..common.atomic import atomic_write
 from . import provenance
-from .atomic import atomic_write
 
 PAGE_NAME = "colorized.html"
 
@@ -46,8 +46,13 @@ def entries(items, folder: Path, samples: int) -> list[dict]:
         record = provenance.read(it.sheet) or {}
         out.append({"photo": os.path.abspath(it.path), "name": it.rel.as_posix(), "sheet": _rel(it.sheet, folder),
                     "weights": record.get("weights") or [], "samples": record.get("samples") or samples,
-                    "layout": record.get("layout")})
+                    "layout": record.get("layout"), "vividness": _vividness(record)})
     return out
+
+
+def _vividness(record: dict) -> float:
+    value = record.get("vividness", 1.0)
+    return float(value) if isinstance(value, (int, float)) and 0 <= value <= 2 else 1.0
 
 
 def pick_command(options: dict) -> str:

@@ -13,9 +13,9 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from ..common.atomic import atomic_write
 from . import metadata, native
 from .metadata import ImageMeta, tiff_orientation
-from .atomic import atomic_write
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp",
                               ".jp2", ".pbm", ".pgm", ".ppm", ".pnm"})

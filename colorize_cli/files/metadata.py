@@ -15,7 +15,7 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from xml.sax.saxutils import quoteattr, escape
+from xml.sax.saxutils import escape, quoteattr
 
 #: the largest EXIF block a JPEG APP1 segment holds (65,535 minus the length field and "Exif\0\0")
 MAX_JPEG_EXIF = 65527

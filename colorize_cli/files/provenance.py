@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import __version__
+from ..common.version import __version__
 
 if TYPE_CHECKING:
     from .metadata import ImageMeta

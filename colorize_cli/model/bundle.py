@@ -13,70 +13,26 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .atomic import atomic_write
-from .checkpoint import CheckpointError, load_error_reason, read_checkpoint
+from ..common.atomic import atomic_write
+from ..common.version import __version__
+from .checkpoint import (
+    CheckpointError,
+    dequantize_state,
+    load_error_reason,
+    quantize_state,
+    read_checkpoint,
+)
 from .int8 import CALIBRATION_FILE, Int8Calibration
-from .models import MDN, CVAEConfig, MDNConfig
+from .networks import MDN, CVAEConfig, InferenceCVAE, MDNConfig
+from .registry import DEFAULT_MODEL, PARTS, bundled_path, part_path
 from .vgg import build_vgg
 
 BUNDLE_FORMAT = "colorize-bundle"
-#: one file per part keeps each under 20 MiB in git
-PARTS = ("cond_encoder", "decoder", "mdn", "vgg")
-QUANT_SUFFIX, SCALE_SUFFIX = "::int8", "::scale"
 
 
 def default_bundle_path() -> Path | None:
     """The default bundled model's folder, if this installation has it."""
-    from .registry import DEFAULT_MODEL, bundled_path
-
     return bundled_path(DEFAULT_MODEL)
-
-
-def part_path(folder: Path, manifest: dict, name: str) -> Path:
-    """Where a bundle's part lives: ``NAME.pt`` in the folder, or the file its manifest's ``part_files`` names
-    (bundled models share ``../vgg.pt``); never outside the folder's parent."""
-    rel = manifest.get("part_files", {}).get(name, f"{name}.pt") if isinstance(manifest.get("part_files"), dict) \
-        else f"{name}.pt"
-    path = (folder / str(rel)).resolve()
-    if folder.resolve().parent not in path.parents:
-        raise CheckpointError(f"{folder}: manifest names a part outside the bundle: {rel}")
-    return path
-
-
-def quantize_state(state: dict, mode: str) -> dict:
-    """fp32 state_dict -> storage dict. int8: conv/linear weights per output channel, symmetric;
-    everything else (biases, BatchNorm) fp32. fp16: every float tensor in half precision."""
-    out = {}
-    for key, value in state.items():
-        if not torch.is_floating_point(value):
-            out[key] = value
-        elif mode == "int8" and value.ndim >= 2:
-            w = value.float().reshape(value.shape[0], -1)
-            scale = w.abs().amax(1).clamp_min(1e-12) / 127.0                 # (out,)
-            out[key + QUANT_SUFFIX] = torch.round(w / scale[:, None]).to(torch.int8).reshape(value.shape)
-            out[key + SCALE_SUFFIX] = scale.float()
-        elif mode == "fp16":
-            out[key] = value.half()
-        else:
-            out[key] = value.float()
-    return out
-
-
-def dequantize_state(stored: dict) -> dict:
-    state = {}
-    for key, value in stored.items():
-        if key.endswith(SCALE_SUFFIX):
-            continue
-        if key.endswith(QUANT_SUFFIX):
-            name = key[: -len(QUANT_SUFFIX)]
-            scale = stored[name + SCALE_SUFFIX]
-            state[name] = value.float() * scale.reshape((-1,) + (1,) * (value.ndim - 1))
-        elif torch.is_floating_point(value):
-            state[key] = value.float()
-        else:
-            state[key] = value
-    return state
 
 
 def _save_tensors(path: Path, tensors: dict) -> None:
@@ -109,8 +65,6 @@ def export_bundle(run: str | os.PathLike, out: str | os.PathLike, quantize: str 
 
 
 def _build(cvae_cfg: dict, mdn_cfg: dict, cvae_state: dict, mdn_state: dict, vgg_state: dict):
-    from .models import InferenceCVAE
-
     # built on the meta device and given the loaded tensors (assign=True): no random initialisation, no
     # second copy of the weights in memory while loading
     with torch.device("meta"):

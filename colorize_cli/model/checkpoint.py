@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .atomic import atomic_write
+from ..common.atomic import atomic_write
+from ..common.version import __version__
 
 FORMAT = "colorize-checkpoint"
 FORMAT_VERSION = 1
@@ -53,3 +53,41 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
         raise CheckpointError(f"{path} holds a {record.get('kind')!r} checkpoint, expected {kind!r}")
     return record
 
+
+#: a tensor file's compact storage: int8 weights with per-output-channel scales beside them
+QUANT_SUFFIX, SCALE_SUFFIX = "::int8", "::scale"
+
+
+def quantize_state(state: dict, mode: str) -> dict:
+    """fp32 state_dict -> storage dict. int8: conv/linear weights per output channel, symmetric;
+    everything else (biases, BatchNorm) fp32. fp16: every float tensor in half precision."""
+    out = {}
+    for key, value in state.items():
+        if not torch.is_floating_point(value):
+            out[key] = value
+        elif mode == "int8" and value.ndim >= 2:
+            w = value.float().reshape(value.shape[0], -1)
+            scale = w.abs().amax(1).clamp_min(1e-12) / 127.0                 # (out,)
+            out[key + QUANT_SUFFIX] = torch.round(w / scale[:, None]).to(torch.int8).reshape(value.shape)
+            out[key + SCALE_SUFFIX] = scale.float()
+        elif mode == "fp16":
+            out[key] = value.half()
+        else:
+            out[key] = value.float()
+    return out
+
+
+def dequantize_state(stored: dict) -> dict:
+    state = {}
+    for key, value in stored.items():
+        if key.endswith(SCALE_SUFFIX):
+            continue
+        if key.endswith(QUANT_SUFFIX):
+            name = key[: -len(QUANT_SUFFIX)]
+            scale = stored[name + SCALE_SUFFIX]
+            state[name] = value.float() * scale.reshape((-1,) + (1,) * (value.ndim - 1))
+        elif torch.is_floating_point(value):
+            state[key] = value.float()
+        else:
+            state[key] = value
+    return state

@@ -1,6 +1,7 @@
 """Colorizing arrays: MDN mixture -> latent codes -> CVAE decoder -> ab, merged with the full-res L.
 
-Knows nothing of folders, progress bars or exit codes (see ``batch`` and ``cli`` for those).
+Knows nothing of files, folders, progress bars or exit codes (``colorize_cli.api`` adds paths, ``engine``
+and ``cli`` the rest).
 """
 
 from __future__ import annotations
@@ -10,23 +11,28 @@ import time
 import zlib
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 
+from .bundle import load_run
 from .color import CVAE_SIZE, VGG_SIZE, grey_from_l, normalize_u8
-from .data import model_views
-from .device import autocast, to_host, upload
-from .graphs import graph_batch
-from .models import MDN, InferenceCVAE  # noqa: F401  (InferenceCVAE: re-exported)
+from .device import autocast, cpu_has_fast_bf16, resolve_device, to_host, upload
+from .graphs import GraphedCall, graph_batch
+from .int8 import (
+    Int8Calibration,
+    Int8Error,
+    Int8Mixture,
+    calibration_path,
+    default_int8,
+    int8_supported,
+)
+from .networks import MDN, InferenceCVAE  # noqa: F401  (InferenceCVAE: re-exported)
+from .preprocess import model_views
+from .registry import ModelNotFoundError, model_name, resolve_model  # noqa: F401  (callers catch it from here)
 from .render import merge, sheets_on_device
 from .vgg import GreyVGGFeatures
-
-if TYPE_CHECKING:
-    from .int8 import Int8Calibration
-
-from .registry import ModelNotFoundError  # noqa: F401  (re-exported: callers catch it from here)
 
 #: B images of one size: a (B, H, W) array or a sequence of B (H, W) arrays
 ImageBatch = Union[np.ndarray, Sequence[np.ndarray]]
@@ -52,20 +58,11 @@ class PreparedImage:
     l224: np.ndarray     # (224, 224) uint8
 
 
-ACCEPTED = ("a grey (H, W) or (H, W, 1), BGR (H, W, 3) or BGRA (H, W, 4) uint8 or uint16 array, "
-            "or a path to an image file")
+ACCEPTED = "a grey (H, W) or (H, W, 1), BGR (H, W, 3) or BGRA (H, W, 4) uint8 or uint16 array"
 
 
 def as_bgr(image) -> tuple[np.ndarray, np.ndarray | None]:
-    """What a user has -> (BGR uint8 (H, W, 3), alpha (H, W) or None); ValueError for anything else."""
-    from .imageio import ImageReadError, read_image
-
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            img = read_image(image)
-        except ImageReadError as err:
-            raise ValueError(f"cannot read {os.fspath(image)}: {err}") from err
-        return img.bgr, img.alpha
+    """An array a user has -> (BGR uint8 (H, W, 3), alpha (H, W) or None); ValueError for anything else."""
     if not isinstance(image, np.ndarray):
         raise ValueError(f"expected {ACCEPTED}; got {type(image).__name__}")
     if image.dtype == np.uint16:
@@ -88,12 +85,25 @@ def prepare(bgr: np.ndarray) -> PreparedImage:
     return PreparedImage(np.ascontiguousarray(lab[..., 0]), np.ascontiguousarray(lab64[..., 0]), l224)
 
 
+#: --vividness: at most this many times the model's chroma
+MAX_VIVIDNESS = 2.0
+#: where the seed's normalised ab (x * 2 / 255 - 1) is grey: OpenCV's 8-bit a = b = 128
+_GREY_AB = float(normalize_u8(np.uint8(128)))
+
+
+def scale_chroma(ab: torch.Tensor, factor: float) -> torch.Tensor:
+    """ab (..., 2, H, W) normalised -> the same hues with their distance from grey times ``factor`` (0: grey,
+    1: unchanged), kept inside the normalised range. A user's knob on the result, not a fix for faint
+    colours: a uniform gain moves wrong hues as much as right ones."""
+    return (_GREY_AB + (ab - _GREY_AB) * factor).clamp(-1.0, 1.0)
+
+
 class Colorizer:
     """MDN + CVAE decoder + VGG features, on one device, colorizing batches of grey images."""
 
     def __init__(self, cvae: InferenceCVAE, mdn: MDN, vgg: GreyVGGFeatures, device: torch.device,
                  bf16: bool = False, info: dict | None = None, compile_backend: str | None = None,
-                 cuda_graphs: bool | None = None, int8: "Int8Calibration | None" = None,
+                 cuda_graphs: bool | None = None, int8: Int8Calibration | None = None,
                  cpu_streams: int | None = None):
         self.device = device
         self.bf16 = bf16
@@ -116,8 +126,6 @@ class Colorizer:
         self._mixture_net, self._decode_net = self._mixture_eager, self._decode_eager
         if int8 is not None:
             # VGG + MDN as oneDNN int8 convolutions (int8.py); the CVAE decoder stays as it is (bf16 or fp32)
-            from .int8 import Int8Error, Int8Mixture, int8_supported
-
             if device.type != "cpu":
                 raise Int8Error("int8 inference is for CPUs (oneDNN); on a GPU use bf16 (the default there)")
             if not int8_supported():
@@ -133,8 +141,6 @@ class Colorizer:
         if self.cuda_graphs:
             if device.type != "cuda":
                 raise ValueError("CUDA graphs need a CUDA device")
-            from .graphs import GraphedCall
-
             self._mixture_net = GraphedCall(self._mixture_net, device, key=lambda: self.bf16)
             self._decode_net = GraphedCall(self._decode_net, device, key=lambda: self.bf16)
         self._padded_batch = 0
@@ -183,30 +189,20 @@ class Colorizer:
 
         ``int8``: VGG + MDN in int8 on the CPU, with the activation ranges in the model folder's int8.json
         (``colorize calibrate``)."""
-        from .bundle import load_run
-        from .device import cpu_has_fast_bf16, resolve_device
-        from .registry import resolve_model
-
         # the CLI's defaults: CUDA if present, bf16 where it is fast, int8 (None) where the CPU's int8 is
         device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         if bf16 is None:
             bf16 = device.type == "cuda" or cpu_has_fast_bf16()
         path = resolve_model(model)
         if int8 is None:
-            from .int8 import default_int8
-
             int8 = default_int8(device, path)
         calibration = None
         if int8:
-            from .int8 import Int8Calibration, Int8Error, calibration_path
-
             if not calibration_path(path).is_file():
                 raise Int8Error(f"no int8 calibration for the model in {path} (no {calibration_path(path).name}): "
                                 f"make one with `colorize calibrate PHOTOS --model {path}`")
             calibration = Int8Calibration.load(calibration_path(path))
         cvae, mdn, vgg, info = load_run(path)
-        from .registry import model_name
-
         info = {**info, "model": model_name(path)}   # named in every output's record
         return cls(cvae, mdn, vgg, device, bf16, info, compile_backend, cuda_graphs, calibration, cpu_streams)
 
@@ -267,24 +263,26 @@ class Colorizer:
         return ab.float()
 
     def predict(self, l64: ImageBatch, l224: ImageBatch, samples: int = 8, seeds: list[int] | None = None,
-                full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> list[Prediction]:
+                full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None,
+                vividness: float = 1.0) -> list[Prediction]:
         """A batch of L images at model size ((B, 64, 64) and (B, 224, 224) uint8, or lists of B arrays)
         -> N samples each, most probable first.
 
         ``full``: per image, (L (H, W) uint8 at full resolution, alpha (H, W) or None) to get its whole
         sheet merged here on the model's device (``Prediction.sheet``), or None to leave merging to the caller.
         """
-        return self._predict_here(l64, l224, samples, seeds, full).result()   # here, on all the threads
+        return self._predict_here(l64, l224, samples, seeds, full, vividness).result()   # here, on all threads
 
     def predict_async(self, l64: ImageBatch, l224: ImageBatch, samples: int = 8, seeds: list[int] | None = None,
-                      full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None
-                      ) -> "PendingPredictions | QueuedPredictions":
+                      full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None,
+                      vividness: float = 1.0) -> "PendingPredictions | QueuedPredictions":
         """``predict``, queued: on a GPU it returns once the batch's work is queued, with CPU streams once it
         is handed to a stream's thread, so the caller can prepare the next batch (or write the last one)
         meanwhile; ``.result()`` waits for it."""
         if self._cpu_pool is not None:
-            return QueuedPredictions(self._cpu_pool.submit(self._predict_here, l64, l224, samples, seeds, full))
-        return self._predict_here(l64, l224, samples, seeds, full)
+            return QueuedPredictions(self._cpu_pool.submit(self._predict_here, l64, l224, samples, seeds, full,
+                                                           vividness))
+        return self._predict_here(l64, l224, samples, seeds, full, vividness)
 
     @property
     def runs_concurrently(self) -> bool:
@@ -292,7 +290,7 @@ class Colorizer:
         return self.device.type == "cuda" or self._cpu_pool is not None
 
     def _predict_here(self, l64: ImageBatch, l224: ImageBatch, samples: int, seeds: list[int] | None,
-                      full: list | None) -> "PendingPredictions":
+                      full: list | None, vividness: float = 1.0) -> "PendingPredictions":
         count = len(l64)
         seeds = list(seeds) if seeds is not None else [0] * count
         if self.compile_backend or self.cuda_graphs:
@@ -307,6 +305,8 @@ class Colorizer:
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds] if samples > self.components else []
         z, w = self.choose_latents(means, weights, samples, generators)
         ab_device, w = self.decode(z, l64)[:count], w[:count]
+        if vividness != 1.0:
+            ab_device = scale_chroma(ab_device, vividness)
         wanted = [i for i, f in enumerate(full or []) if f is not None]
         sheets = (sheets_on_device([full[i][0] for i in wanted], [full[i][1] for i in wanted], ab_device[wanted])
                   if wanted else [])
@@ -320,18 +320,19 @@ class Colorizer:
                      samples)
         return time.perf_counter() - t0
 
-    def colorize(self, image: np.ndarray | str | os.PathLike, samples: int = 8,
-                 seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    def colorize(self, image: np.ndarray, samples: int = 8, seed: int = 0,
+                 vividness: float = 1.0) -> tuple[list[np.ndarray], np.ndarray]:
         """One photo -> ``samples`` full-resolution colorizations, most probable first, and their weights.
 
         ``image``: a grey (H, W) or (H, W, 1) array, a BGR (H, W, 3) or BGRA (H, W, 4) array (uint8, or
-        uint16 scaled to 8 bits; BGRA keeps its alpha: the results are then BGRA too), or a path to an image
-        file. Returns (list of ``samples`` uint8 arrays (H, W, 3 or 4), weights (samples,) float32).
+        uint16 scaled to 8 bits; BGRA keeps its alpha: the results are then BGRA too). Returns (list of
+        ``samples`` uint8 arrays (H, W, 3 or 4), weights (samples,) float32).
+        ``vividness``: 1 the model's colours, 0 grey, up to 2 (``scale_chroma``).
         Anything else raises ValueError saying what is accepted.
         """
         bgr, alpha = as_bgr(image)
         prep = prepare(bgr)
-        pred = self.predict(prep.l64[None], prep.l224[None], samples, [seed])[0]
+        pred = self.predict(prep.l64[None], prep.l224[None], samples, [seed], vividness=vividness)[0]
         outs = [merge(prep.l_full, ab) for ab in pred.ab]
         if alpha is not None:
             outs = [np.dstack([o, alpha]) for o in outs]
@@ -353,8 +354,6 @@ class LoadOptions:
 
     def load(self, device: str | None = None) -> "Colorizer":
         """The Colorizer (on ``device`` when given, else ``self.device``)."""
-        from .device import resolve_device
-
         dev = resolve_device(device or self.device)
         # int8 is eager-only: under torch.compile the default is off
         int8 = self.int8 if self.int8 is not None or self.compile_backend is None else False

@@ -19,16 +19,16 @@ import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .atomic import atomic_write
+from ..common.atomic import atomic_write
 from .color import VGG_SIZE
-from .models import MDN, split_mixture
+from .networks import MDN, split_mixture
+from .registry import resolve_model
 from .vgg import GreyVGGFeatures
 
 CALIBRATION_FILE = "int8.json"
@@ -162,39 +162,6 @@ def calibrate(vgg: GreyVGGFeatures, mdn: MDN, grey_batches: Iterable[torch.Tenso
     return Int8Calibration(tuple(max(s / batches, 1e-6) for s in sums), percentile, images)
 
 
-def calibrate_photos(vgg: GreyVGGFeatures, mdn: MDN, paths: Sequence[Path], batch_size: int = 16,
-                     percentile: float = DEFAULT_PERCENTILE, progress: Callable[[int], None] | None = None
-                     ) -> tuple[Int8Calibration | None, list[str]]:
-    """``calibrate`` on photo files (their L only): the calibration (None if none could be read) and one
-    line per unreadable file."""
-    from .color import grey_from_l
-    from .data import model_views
-    from .imageio import ImageReadError, read_image
-
-    skipped: list[str] = []
-
-    def batches() -> Iterator[torch.Tensor]:
-        grey: list[np.ndarray] = []
-        consumed = 0
-        for i, path in enumerate(paths):
-            consumed += 1
-            try:
-                grey.append(grey_from_l(model_views(read_image(path).bgr)[2]))
-            except ImageReadError as err:
-                skipped.append(f"{path}: {err}")
-            if len(grey) == batch_size or i == len(paths) - 1:
-                if grey:
-                    yield torch.from_numpy(np.stack(grey))
-                if progress is not None:
-                    progress(consumed)
-                grey, consumed = [], 0
-
-    try:
-        return calibrate(vgg, mdn, batches(), percentile), skipped
-    except Int8Error:
-        return None, skipped
-
-
 def _pool_u8(x: torch.Tensor) -> torch.Tensor:
     """2x2 max-pool of a channels_last uint8 (B, C, H, W): two elementwise maxima over strided views
     (torch's max_pool2d of uint8 refuses these sizes; 6 ms against 110 ms via bf16 for (16, 64, 224, 224))."""
@@ -310,8 +277,9 @@ def int8_supported() -> bool:
 def default_int8(device, model) -> bool:
     """--int8 when not given: on a CPU whose oneDNN int8 is fast (AMX or VNNI), for a model that ships its
     activation ranges (int8.json). The CLI leaves it off under --compile, which compiles the float networks."""
-    from .device import cpu_has_fast_int8
-    from .registry import resolve_model
+    from .device import (
+        cpu_has_fast_int8,  # looked up here: tests stand in a CPU without fast int8
+    )
 
     if device.type != "cpu" or not cpu_has_fast_int8() or not int8_supported():
         return False

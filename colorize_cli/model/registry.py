@@ -14,8 +14,24 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .checkpoint import CheckpointError
+
 BUNDLED = ("general", "faces")
 DEFAULT_MODEL = "general"
+
+#: a bundle's parts, one file each (each under 20 MiB in git)
+PARTS = ("cond_encoder", "decoder", "mdn", "vgg")
+
+
+def part_path(folder: Path, manifest: dict, name: str) -> Path:
+    """Where a bundle's part lives: ``NAME.pt`` in the folder, or the file its manifest's ``part_files`` names
+    (bundled models share ``../vgg.pt``); never outside the folder's parent."""
+    rel = manifest.get("part_files", {}).get(name, f"{name}.pt") if isinstance(manifest.get("part_files"), dict) \
+        else f"{name}.pt"
+    path = (folder / str(rel)).resolve()
+    if folder.resolve().parent not in path.parents:
+        raise CheckpointError(f"{folder}: manifest names a part outside the bundle: {rel}")
+    return path
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -80,8 +96,6 @@ class ModelInfo:
 
 
 def model_info(name: str) -> ModelInfo | None:
-    from .bundle import PARTS, part_path
-
     folder = bundled_path(name)
     if folder is None:
         return None

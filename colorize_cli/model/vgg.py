@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .checkpoint import dequantize_state
 from .color import VGG_SIZE
 
 ENV_WEIGHTS = "COLORIZE_VGG_WEIGHTS"
@@ -76,8 +77,7 @@ def load_vgg_state(path: str | os.PathLike) -> dict:
     if isinstance(state, dict) and "vgg" in state and isinstance(state["vgg"], dict):
         state = state["vgg"]
     if isinstance(state, dict) and any(str(k).endswith("::int8") for k in state):
-        from .bundle import dequantize_state  # a bundle's vgg.pt: int8 weights with per-channel scales
-
+        # a bundle's vgg.pt: int8 weights with per-channel scales
         state = dequantize_state(state)
     # a full vgg16 state_dict names its conv layers features.N.*
     state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}

@@ -9,29 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import cv2
 import numpy as np
 
-from .color import CVAE_SIZE, VGG_SIZE
-from .imageio import ImageReadError, is_image_path, read_image
+from ..files.imageio import ImageReadError, is_image_path, read_image
+from ..model.color import CVAE_SIZE, VGG_SIZE
+from ..model.preprocess import model_views
 
 CACHE_VERSION = 2
 
 #: a photo whose mean chroma (CIE a*b* distance from grey, 8-bit Lab units) at 64x64 is below this has no
 #: colour to learn from: greyscale files, three equal channels, JPEG noise around grey
 GREY_CHROMA = 3.0
-
-
-def model_views(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """BGR uint8 (H, W, 3) -> full-res Lab (H, W, 3), Lab at 64x64 (64, 64, 3), L at 224x224 (224, 224).
-
-    The one resizing path used in training and at inference (area interpolation from the full image), so
-    the networks see the same kind of input in both.
-    """
-    lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)
-    lab64 = cv2.resize(lab, (CVAE_SIZE, CVAE_SIZE), interpolation=cv2.INTER_AREA)
-    l224 = cv2.resize(np.ascontiguousarray(lab[..., 0]), (VGG_SIZE, VGG_SIZE), interpolation=cv2.INTER_AREA)
-    return lab, lab64, l224
 
 
 def mean_chroma(lab64: np.ndarray) -> float:

@@ -11,11 +11,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .color import AB_SCALE, normalize_u8
-from .colorizer import Colorizer, image_seed
-from .data import list_images, model_views
-from .imageio import ImageReadError, read_image
-from .render import merge, sample_sheet
+from ..files.imageio import ImageReadError, read_image
+from ..model.color import AB_SCALE, CVAE_SIZE, normalize_u8
+from ..model.colorizer import Colorizer, image_seed
+from ..model.preprocess import model_views
+from ..model.render import merge, sample_sheet
+from .data import list_images
 
 
 def ab_distance(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -45,6 +46,10 @@ def colourfulness(bgr: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
+#: a colorization below this colourfulness looks grey (real colour photos: 40-50; DDColor reports 38 on
+#: ImageNet val)
+NEAR_GREY = 10.0
+
 #: a sample "washes" red when its bottom quarter's mean a* exceeds the rest's by more than this (CIE a* units)
 WASH_A_LEVELS = 8.0
 
@@ -68,6 +73,7 @@ class MethodStats:
     psnr_best: list[float] = field(default_factory=list)
     colourfulness: list[float] = field(default_factory=list)
     wash: list[float] = field(default_factory=list)  # per image: share of its samples that wash red
+    near_grey: list[float] = field(default_factory=list)  # per image: share of its samples under NEAR_GREY
 
     def add(self, samples: np.ndarray, truth_ab: np.ndarray, l_full: np.ndarray, truth_bgr: np.ndarray) -> None:
         errors = ab_distance(samples, truth_ab)
@@ -77,7 +83,9 @@ class MethodStats:
         self.diversity.append(diversity(samples))
         outs = [merge(l_full, s) for s in samples]
         self.psnr_best.append(max(psnr(o, truth_bgr) for o in outs))
-        self.colourfulness.append(float(np.mean([colourfulness(o) for o in outs])))
+        cf = [colourfulness(o) for o in outs]
+        self.colourfulness.append(float(np.mean(cf)))
+        self.near_grey.append(float(np.mean([c < NEAR_GREY for c in cf])))
         self.wash.append(float(washed(samples).mean()))
 
     def summary(self) -> dict:
@@ -96,7 +104,7 @@ class EvaluationResult:
     def to_json(self) -> dict:
         return {"images": self.images, "samples": self.samples, "methods": self.methods,
                 "truth_colourfulness": self.truth_colourfulness, "truth_wash": self.truth_wash,
-                "skipped": self.skipped}
+                **self.ratios(), **self.vividness(), "skipped": self.skipped}
 
     def ratios(self) -> dict:
         """Error-of-best and top-1 of the MDN as multiples of the grey baseline's error."""
@@ -106,28 +114,73 @@ class EvaluationResult:
             return {}
         return {"best_vs_grey": mdn["best"] / grey, "top1_vs_grey": mdn["top1"] / grey}
 
+    def vividness(self) -> dict:
+        """Sample 1 against the truth: colourfulness ratio and difference (truth minus sample 1: DDColor's
+        delta-CF, positive when faint), and the share of photos whose sample 1 is near-grey."""
+        top = self.methods.get("top1")
+        if not top or not self.truth_colourfulness > 0:
+            return {}
+        return {"sample1_colourfulness_vs_truth": top["colourfulness"] / self.truth_colourfulness,
+                "sample1_delta_cf": self.truth_colourfulness - top["colourfulness"],
+                "sample1_near_grey": top["near_grey"]}
+
 
 METHOD_NAMES = {
     "mdn": "MDN means (ours)",
     "top1": "most probable only",
     "cvae_normal": "CVAE, z ~ N(0, I)",
     "oracle": "CVAE oracle (true colours' z)",
+    "fitted": "decoder, z fitted to the truth",
     "grey": "grey (ab = 0)",
 }
+
+
+def fit_latents(colorizer: Colorizer, l64: np.ndarray, truth_ab: np.ndarray, steps: int,
+                lr: float = 0.05) -> np.ndarray:
+    """The decoder's own best: per photo the latent z whose decoding is closest to the true colours, found by
+    gradient descent through the frozen decoder (fp32, from z = 0), and its decoding.
+
+    l64 (B, 64, 64) uint8, truth_ab (B, 2, 64, 64) normalised -> ab (B, 1, 2, 64, 64). Needs no colour encoder,
+    so bundles can be measured too: whatever colours this cannot give back, no mixture over z can either.
+    """
+    device = colorizer.device
+    grey = colorizer._cvae_grey[torch.from_numpy(l64).to(device).long()][:, None]
+    truth = torch.from_numpy(truth_ab).to(device)
+    with torch.no_grad():
+        feats = colorizer.cvae.cond_encoder(grey)
+    z = torch.zeros(len(l64), 1, colorizer.cvae.cfg.latent, device=device, requires_grad=True)
+    opt = torch.optim.Adam([z], lr=lr)
+    best_err = torch.full((len(l64),), float("inf"), device=device)
+    best_ab = torch.zeros_like(truth)
+    for step in range(steps + 1):
+        ab = colorizer.cvae.decoder.forward_samples(z, *feats).float()      # (B, 2, 64, 64)
+        err = (ab - truth).square().sum(1).sqrt().mean((1, 2))             # the metric itself, per photo
+        with torch.no_grad():   # each photo keeps its best iterate: never worse than where it started
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_ab[better] = ab[better]
+        if step == steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        err.sum().backward()
+        opt.step()
+    return best_ab.detach().reshape(len(l64), 1, 2, CVAE_SIZE, CVAE_SIZE).cpu().numpy()
 
 
 def evaluate(colorizer: Colorizer, root: str | os.PathLike, rel_paths: list[str], samples: int = 8,
              batch_size: int = 32, seed: int = 0, sheet_path: str | os.PathLike | None = None,
              sheet_images: int = 8, progress: Callable[[int], None] | None = None,
-             colour_encoder: torch.nn.Module | None = None) -> EvaluationResult:
+             colour_encoder: torch.nn.Module | None = None, fit_steps: int = 0) -> EvaluationResult:
     """Colorize each held-out image from its L alone and score it against its own colours.
 
     ``colour_encoder`` (the CVAE's encoder of the same model, ab (B, 2, 64, 64) -> mu, logvar): adds the
     oracle, each photo decoded from the posterior mean of its own true colours — the best any MDN could
-    pick from this CVAE, so the gap to it is what the MDN loses.
+    pick from this CVAE, so the gap to it is what the MDN loses. ``fit_steps``: adds the decoder's own best
+    (``fit_latents``), which needs no colour encoder.
     """
     root = Path(root)
-    names = ("mdn", "top1", "cvae_normal") + (("oracle",) if colour_encoder is not None else ()) + ("grey",)
+    names = (("mdn", "top1", "cvae_normal") + (("oracle",) if colour_encoder is not None else ())
+             + (("fitted",) if fit_steps else ()) + ("grey",))
     stats = {name: MethodStats() for name in names}
     truth_colour: list[float] = []
     truth_wash: list[float] = []
@@ -157,13 +210,16 @@ def evaluate(colorizer: Colorizer, root: str | os.PathLike, rel_paths: list[str]
             with torch.no_grad():
                 mu, _ = colour_encoder(torch.from_numpy(truths).to(colorizer.device))
             oracle_ab = colorizer.decode(mu.float()[:, None], l64).cpu().numpy()        # (B, 1, 2, 64, 64)
-        for (rel, bgr, l_full, lab64, _), pred, normal, truth_ab, oracle in zip(batch, preds, normal_ab, truths,
-                                                                                 oracle_ab):
+        fitted_ab = fit_latents(colorizer, l64, truths, fit_steps) if fit_steps else [None] * len(batch)
+        for (rel, bgr, l_full, lab64, _), pred, normal, truth_ab, oracle, fitted in zip(
+                batch, preds, normal_ab, truths, oracle_ab, fitted_ab):
             stats["mdn"].add(pred.ab, truth_ab, l_full, bgr)
             stats["top1"].add(pred.ab[:1], truth_ab, l_full, bgr)
             stats["cvae_normal"].add(normal, truth_ab, l_full, bgr)
             if oracle is not None:
                 stats["oracle"].add(oracle, truth_ab, l_full, bgr)
+            if fitted is not None:
+                stats["fitted"].add(fitted, truth_ab, l_full, bgr)
             truth_wash.append(float(washed(truth_ab)))
             grey = np.full((1,) + truth_ab.shape, normalize_u8(np.uint8(128)), np.float32)
             stats["grey"].add(grey, truth_ab, l_full, bgr)
@@ -173,7 +229,7 @@ def evaluate(colorizer: Colorizer, root: str | os.PathLike, rel_paths: list[str]
         if progress is not None:
             progress(len(batch))
     if sheet_path is not None and sheet_rows:
-        from .imageio import encode_image, write_atomic
+        from ..files.imageio import encode_image, write_atomic
 
         img = sample_sheet(np.stack([r[0] for r in sheet_rows]), np.stack([r[1] for r in sheet_rows]),
                            [r[2] for r in sheet_rows], cols=samples)

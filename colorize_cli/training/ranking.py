@@ -37,12 +37,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..common.atomic import atomic_write
+from ..model.color import normalize_u8
+from ..model.colorizer import Colorizer
+from ..model.device import autocast
 from . import refine
-from .atomic import atomic_write
-from .color import normalize_u8
-from .colorizer import Colorizer
 from .data import GREY_CHROMA
-from .device import autocast
 from .evaluate import ab_distance
 
 
@@ -201,7 +201,8 @@ def write_model(source: Path, out: Path, weight: torch.Tensor, bias: torch.Tenso
 def _model_digest(source: Path, colorizer: Colorizer) -> str:
     """The bundle's manifest and parts (shared ones such as vgg may live outside ``source``), the device kind
     and precision: what a photo's collected numbers depend on besides the photo."""
-    from .bundle import part_path, read_manifest
+    from ..model.bundle import read_manifest
+    from ..model.registry import part_path
 
     manifest = read_manifest(source)
     digest = hashlib.sha256((source / "manifest.json").read_bytes())
@@ -226,7 +227,7 @@ def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: 
     With ``cache_dir``, what each photo list gave is kept there: its views (VGG and trunk outputs, shared
     with `train refine` and any model of the same trunk) and this model's decodes of them (reused by a later
     fit of the same model on the same photos)."""
-    from .registry import resolve_model
+    from ..model.registry import resolve_model
     from .train import Reporter
 
     reporter = reporter or Reporter()

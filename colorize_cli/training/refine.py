@@ -32,13 +32,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .atomic import atomic_write
-from .checkpoint import read_checkpoint, save_checkpoint
-from .color import normalize_u8
-from .colorizer import Colorizer
-from .data import GREY_CHROMA, mean_chroma, model_views
-from .device import autocast
-from .imageio import ImageReadError, read_image
+from ..common.atomic import atomic_write
+from ..files.imageio import ImageReadError, read_image
+from ..model.checkpoint import read_checkpoint, save_checkpoint
+from ..model.color import normalize_u8
+from ..model.colorizer import Colorizer
+from ..model.device import autocast
+from ..model.preprocess import model_views
+from .data import GREY_CHROMA, mean_chroma
 
 STATE_FILE = "refine-state.pt"     # in the output folder, beside the bundle: the training state for --resume
 
@@ -198,7 +199,9 @@ def write_rows(source: Path, out: Path, rows: slice, weight: torch.Tensor, bias:
     """A copy of the bundle in ``source`` with ``rows`` of its MDN's last layer replaced and ``record`` under
     ``key`` in its manifest (records named in ``drop`` removed). Other parts are copied as they are (shared
     parts, such as the bundled models' vgg.pt, are copied in). Each file is written atomically."""
-    from .bundle import dequantize_state, part_path, quantize_state, read_manifest
+    from ..model.bundle import read_manifest
+    from ..model.checkpoint import dequantize_state, quantize_state
+    from ..model.registry import part_path
 
     manifest = read_manifest(source)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,7 +231,8 @@ def write_rows(source: Path, out: Path, rows: slice, weight: torch.Tensor, bias:
 def trunk_digest(source: Path) -> str:
     """What h depends on: VGG and the MDN's layers before the last (its ``fc.*`` tensors left out), so a bundle
     whose means or weights were re-fitted keeps the digest of its source (and its cached views)."""
-    from .bundle import part_path, read_manifest
+    from ..model.bundle import read_manifest
+    from ..model.registry import part_path
 
     manifest = read_manifest(source)
     digest = hashlib.sha256(hashlib.sha256(part_path(source, manifest, "vgg").read_bytes()).digest())
@@ -287,7 +291,7 @@ def train_refine(model: str | None, sources: list[tuple[str, list[str]]], out: s
     pairs) for ``cfg.epochs`` epochs and write the bundle to ``out`` after every epoch, with the training state
     beside it (``--resume`` goes on from there). With ``test`` (held-out photos), error-of-best there is
     measured each epoch."""
-    from .registry import resolve_model
+    from ..model.registry import resolve_model
     from .train import Reporter
 
     reporter = reporter or Reporter()
