@@ -1,8 +1,19 @@
-"""Rebuild the training and test data of the bundled `general` model from public copies of ImageNet subsets.
+"""Rebuild the training and test data of the bundled `general` model from public copies of ImageNet subsets,
+and (with --scenes / --people) the next model's: scenes (buildings, streets, forest, mountains, sea, glaciers)
+and people in everyday activities.
 
     git clone --depth 1 https://github.com/thunderInfy/imagenette
     git clone --depth 1 https://github.com/rangeetpan/IMagenet
     python docs/build_general_data.py imagenette IMagenet/tiny-imagenet-200 data/general
+
+    git clone --depth 1 https://github.com/yadavaditya13/Image_Classification_Using_Deep_Learning scenes
+    git clone --depth 1 https://github.com/umareddy123/Human_activity_recognition people
+    python docs/build_general_data.py imagenette IMagenet/tiny-imagenet-200 data/general \
+        --scenes scenes/dataset --people people
+
+The held-out photos of the new sources are fixed in docs/general-test-scenes.txt (300 of Intel's seg_test)
+and docs/general-test-people.txt (300 of the activity set's test/); they are copied to data/general/test-*/
+and never to the training folders.
 
 writes data/general/{imagenette,tiny}/ (the training photos, as the model was trained on them) and
 data/general/val/ (Imagenette's val/ as published) with the lists the docs name. Grey photos are not removed
@@ -33,7 +44,27 @@ def _imagenette(src: Path, dst: Path) -> None:
     dst.write_bytes(cv2.imencode(".webp", img, [cv2.IMWRITE_WEBP_QUALITY, WEBP_QUALITY])[1].tobytes())
 
 
-def main(imagenette: Path, tiny: Path, out: Path) -> None:
+#: the held-out lists of the new sources: photos under these roots, never trained on
+TEST_LISTS = {"scenes": ("general-test-scenes.txt", "seg_test"), "people": ("general-test-people.txt", "test")}
+
+
+def _extra(name: str, src_root: Path, train_dirs: list[str], out: Path) -> int:
+    """A new source: its training photos (all but the held-out list) as 192-px WebP under out/NAME/, and its
+    held-out photos as published under out/test-NAME/ with their list. Returns the training count."""
+    list_name, test_dir = TEST_LISTS[name]
+    held = {src_root / test_dir / rel for rel in (HERE / list_name).read_text().split()}
+    train = sorted(p for d in train_dirs for p in (src_root / d).rglob("*.jpg") if p not in held)
+    Parallel(n_jobs=-1, batch_size=64)(
+        delayed(_imagenette)(p, out / name / p.relative_to(src_root).with_suffix(".webp")) for p in train)
+    for src in sorted(held):
+        dst = out / f"test-{name}" / src.relative_to(src_root / test_dir)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    shutil.copyfile(HERE / list_name, out / f"test-{name}" / list_name)
+    return len(train)
+
+
+def main(imagenette: Path, tiny: Path, out: Path, scenes: Path | None = None, people: Path | None = None) -> None:
     train = sorted((imagenette / "train").glob("*/*"))
     Parallel(n_jobs=-1, batch_size=64)(
         delayed(_imagenette)(p, out / "imagenette" / p.parent.name / (p.stem + ".webp")) for p in train)
@@ -48,7 +79,20 @@ def main(imagenette: Path, tiny: Path, out: Path) -> None:
           f"{len((HERE / 'general-tiny-train.txt').read_text().split())} Tiny ImageNet photos -> {out}")
 
 
+    if scenes is not None:
+        print(f"{_extra('scenes', scenes, ['seg_train', 'seg_pred', 'seg_test'], out)} scene photos -> {out}")
+    if people is not None:
+        print(f"{_extra('people', people, ['train', 'test'], out)} activity photos -> {out}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit(__doc__)
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("imagenette", type=Path)
+    ap.add_argument("tiny", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--scenes", type=Path, help="the scene set's dataset/ folder (seg_train, seg_pred, seg_test)")
+    ap.add_argument("--people", type=Path, help="the activity set's folder (train, test)")
+    a = ap.parse_args()
+    main(a.imagenette, a.tiny, a.out, a.scenes, a.people)

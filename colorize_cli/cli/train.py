@@ -178,6 +178,9 @@ def _run_bundle_stage(data, train_list, images, test_data, test_list, fit) -> No
 @click.option("--objective", type=click.Choice(["error", "closest"]), default="error", show_default=True,
               help="error: the sample of least predicted colour error first; closest: each weight the chance "
                    "that its sample is the closest")
+@click.option("--chroma-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="error objective: rank by predicted error minus this times the sample's chroma, so a vivid "
+                   "sample comes first where it costs little error")
 @click.option("--ridge", type=click.FloatRange(min=0), default=None,
               help="L2 penalty per photo of the error regression  [default: by 5-fold cross-validation]")
 @click.option("--steps", type=click.IntRange(1), default=600, show_default=True,
@@ -185,13 +188,13 @@ def _run_bundle_stage(data, train_list, images, test_data, test_list, fit) -> No
 @click.option("--pull", type=float, default=1e-3, show_default=True,
               help="closest fit: L2 weight pulling the new weight logits towards the trained ones")
 def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images, cache_dir, device, objective,
-                      ridge, steps, pull):
+                      chroma_weight, ridge, steps, pull):
     """Optional stage (after refine, if any): re-fit a model's mixture weights so that they rank its samples
     by their colour error on real photos (the 8 colorizations stay; their order and weights change)."""
     from ..training.ranking import RankingConfig, train_ranking
 
     dev = _resolve_device(device)
-    cfg = RankingConfig(objective=objective, ridge=ridge, steps=steps, pull=pull)
+    cfg = RankingConfig(objective=objective, ridge=ridge, steps=steps, pull=pull, chroma_weight=chroma_weight)
     _run_bundle_stage(data, train_list, images, test_data, test_list,
                       lambda sources, test, rep: train_ranking(model, sources, out, cfg, dev, test, rep, cache_dir))
 

@@ -55,13 +55,16 @@ class RankingConfig:
     pull: float = 1e-3            # L2 weight of (logits' weights - trained ones)
     batch_size: int = 16
     grey_chroma: float = GREY_CHROMA   # photos with less mean chroma (CIE units at 64x64) have no colour truth
+    chroma_weight: float = 0.0    # error objective: rank by predicted (error - chroma_weight * chroma), so a
+                                  # vivid sample comes first where it costs little error (0: error alone)
 
 
 @dataclass
 class RankingData:
     h: np.ndarray        # (N, F) the MDN's last-layer input
     err: np.ndarray      # (N, K) mean ab distance of each component mean's decoding to the truth, at 64x64
-    grey: np.ndarray     # (N,) the same for an all-grey colorization
+    grey: np.ndarray     # (N,) the same for an all-grey colorization (= the truth's mean chroma)
+    chroma: np.ndarray | None = None   # (N, K) mean chroma of each component's decoding, the same units
 
 
 def collect(colorizer: Colorizer, root: str | os.PathLike, rels: list[str], cfg: RankingConfig,
@@ -78,7 +81,7 @@ def from_views(colorizer: Colorizer, views, batch_size: int = 16,
     without reading or VGG: the means from h by the MDN's last layer, then the K decodes."""
     k, d = colorizer.mdn.cfg.components, colorizer.mdn.cfg.latent
     fc = colorizer.mdn.fc
-    errs = []
+    errs, chromas = [], []
     for s in range(0, len(views), batch_size):
         part = views.take(slice(s, s + batch_size))
         with torch.no_grad():
@@ -88,8 +91,10 @@ def from_views(colorizer: Colorizer, views, batch_size: int = 16,
             ab = colorizer.decode(means, part.l64).cpu().numpy()                    # (B, K, 2, 64, 64)
         truth = normalize_u8(part.ab64)
         errs.append(np.stack([ab_distance(ab[i], truth[i]) for i in range(len(h))]))
+        chromas.append(np.sqrt((ab ** 2).sum(2)).mean((-2, -1)))                       # (B, K)
         advance(len(h))
-    return RankingData(views.h.astype(np.float32), np.concatenate(errs), refine.grey_error(views))
+    return RankingData(views.h.astype(np.float32), np.concatenate(errs), refine.grey_error(views),
+                       np.concatenate(chromas).astype(np.float32))
 
 
 def logit_rows(colorizer: Colorizer) -> slice:
@@ -149,10 +154,22 @@ def choose_ridge(h: np.ndarray, err: np.ndarray, folds: int = 5) -> float:
     return RIDGE_GRID[int(np.argmin(scores))]
 
 
+def ranking_target(data: RankingData, cfg: RankingConfig) -> np.ndarray:
+    """(N, K) what the error objective ranks by, least first: the colour error, less ``chroma_weight`` times
+    the sample's chroma (both mean ab distances, from the truth and from grey)."""
+    err = data.err.astype(np.float64)
+    if cfg.chroma_weight:
+        if data.chroma is None:
+            raise ValueError("--chroma-weight needs each sample's chroma (collect the photos again)")
+        err = err - cfg.chroma_weight * data.chroma.astype(np.float64)
+    return err
+
+
 def fit_error(data: RankingData, cfg: RankingConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits = -(predicted error) / T: the regression orders the samples, T (fitted by cross-entropy
-    against the closest component, on a log grid) sets how sure the weights are."""
-    h, err = data.h.astype(np.float64), data.err.astype(np.float64)
+    against the closest component, on a log grid) sets how sure the weights are. With ``chroma_weight``,
+    the predicted target is error minus that much chroma, and T is fitted against its least component."""
+    h, err = data.h.astype(np.float64), ranking_target(data, cfg)
     _enough(len(h))
     ridge = cfg.ridge if cfg.ridge is not None else choose_ridge(h, err)
     coef, icpt = _ridge(h, err, ridge)
@@ -186,9 +203,12 @@ def ranking_metrics(data: RankingData, weight: torch.Tensor, bias: torch.Tensor)
     logits = torch.from_numpy(data.h).float() @ weight.T.float() + bias.float()
     top = logits.argmax(1).numpy()
     grey = float(data.grey.mean())
-    return {"images": int(len(top)), "top1_vs_grey": float(data.err[np.arange(len(top)), top].mean() / grey),
-            "best_vs_grey": float(data.err.min(1).mean() / grey),
-            "top_is_closest": float((top == data.err.argmin(1)).mean())}
+    out = {"images": int(len(top)), "top1_vs_grey": float(data.err[np.arange(len(top)), top].mean() / grey),
+           "best_vs_grey": float(data.err.min(1).mean() / grey),
+           "top_is_closest": float((top == data.err.argmin(1)).mean())}
+    if data.chroma is not None:   # sample 1's chroma against the truth's (64x64, before the full-res merge)
+        out["top1_chroma_vs_truth"] = float(data.chroma[np.arange(len(top)), top].mean() / grey)
+    return out
 
 
 def write_model(source: Path, out: Path, weight: torch.Tensor, bias: torch.Tensor, record: dict) -> Path:
@@ -246,8 +266,9 @@ def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: 
         cached = None if cache_dir is None else _cache_file(Path(cache_dir), model_digest, root, rels, cfg)
         if cached is not None and cached.is_file():
             with np.load(cached) as f:
-                reporter.log(f"{label}: {len(f['h'])} colour photos from {cached}")
-                return RankingData(f["h"], f["err"], f["grey"])
+                if "chroma" in f.files:   # an older cache without it is collected again
+                    reporter.log(f"{label}: {len(f['h'])} colour photos from {cached}")
+                    return RankingData(f["h"], f["err"], f["grey"], f["chroma"])
         views = refine.gather_views(colorizer, label, root, rels, reporter, cfg.grey_chroma, cache_dir, trunk,
                                     cfg.batch_size)   # kept by `train refine` of the same trunk: no VGG pass
         bar = reporter.progress(len(views), f"{label}: 8 decodes per photo")
@@ -258,13 +279,13 @@ def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: 
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(cached) as f:
-                np.savez(f, h=data.h, err=data.err, grey=data.grey)
+                np.savez(f, h=data.h, err=data.err, grey=data.grey, chroma=data.chroma)
         return data
 
     parts = [gather("training photos", root, rels) for root, rels in sources]
-    data = RankingData(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("h", "err", "grey")))
+    data = RankingData(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("h", "err", "grey", "chroma")))
     if cfg.objective == "error" and cfg.ridge is None:     # chosen once, and recorded in the manifest
-        cfg = replace(cfg, ridge=choose_ridge(data.h.astype(np.float64), data.err.astype(np.float64)))
+        cfg = replace(cfg, ridge=choose_ridge(data.h.astype(np.float64), ranking_target(data, cfg)))
         reporter.log(f"ridge {cfg.ridge:g} (5-fold cross-validation on the training photos)")
     new_w, new_b = fit(data, weight, bias, cfg)
     record = {"config": asdict(cfg), "train": {"before": ranking_metrics(data, weight, bias),
@@ -278,5 +299,6 @@ def train_ranking(model: str | None, sources: list[tuple[str, list[str]]], out: 
             b, a = record[split]["before"], record[split]["after"]
             reporter.log(f"{split} ({a['images']} colour photos): top-1 {b['top1_vs_grey']:.3f}x -> "
                          f"{a['top1_vs_grey']:.3f}x grey, top is closest {b['top_is_closest']:.0%} -> "
-                         f"{a['top_is_closest']:.0%} (best of K: {a['best_vs_grey']:.3f}x)")
+                         f"{a['top_is_closest']:.0%} (best of K: {a['best_vs_grey']:.3f}x); sample 1's chroma "
+                         f"{b['top1_chroma_vs_truth']:.2f}x -> {a['top1_chroma_vs_truth']:.2f}x the truth's")
     return write_model(source, Path(out), new_w, new_b, record)
