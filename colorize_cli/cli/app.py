@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import click
@@ -14,6 +15,11 @@ DEFAULT_COMMAND = "run"
 MIN_CALIBRATION_PHOTOS = 64
 
 
+#: the default command's options that `colorize --help` shows
+MAIN_RUN_OPTIONS = ("samples", "model", "output", "separate", "gallery", "vividness", "fmt", "device", "overwrite",
+                    "as_json")
+
+
 class DefaultGroup(click.Group):
     """A group whose first argument, when it names no subcommand, goes to the default command.
 
@@ -22,11 +28,32 @@ class DefaultGroup(click.Group):
     """
 
     def parse_args(self, ctx, args):
+        if args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version", "-V"):
+            # `colorize --device cpu pick PHOTO 3`: the options belong to the command that follows
+            named = next((i for i, a in enumerate(args) if a in self.commands and a != DEFAULT_COMMAND), None)
+            if named is not None:
+                raise click.UsageError(f"options go after the command: colorize {args[named]} "
+                                       f"{' '.join(args[named + 1:])} {' '.join(args[:named])}".replace("  ", " "),
+                                       ctx)
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version", "-V"):
             args = [DEFAULT_COMMAND, *args]
         elif not args and not ctx.resilient_parsing:   # (shell completion of the first word: see below)
             args = [DEFAULT_COMMAND]
         return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage(ctx.command_path, "PATH... [OPTIONS]  |  colorize COMMAND [ARGS]...")
+
+    def format_help(self, ctx, formatter):
+        super().format_help(ctx, formatter)
+        # how to colorize, on the first screen: the default command's main options (all: colorize run --help)
+        run = self.commands.get(DEFAULT_COMMAND)
+        if run is None:
+            return
+        rows = [p.get_help_record(ctx) for p in run.params
+                if isinstance(p, click.Option) and p.name in MAIN_RUN_OPTIONS]
+        with formatter.section("Colorizing options (all of them: colorize run --help)"):
+            formatter.write_dl([r for r in rows if r])
 
     def shell_complete(self, ctx, incomplete):
         # the first word is a subcommand or a photo/folder for the default command: offer both
@@ -78,6 +105,9 @@ def main():
     COLORIZE_<OPTION> for colorizing (COLORIZE_SAMPLES=4), COLORIZE_<COMMAND>_<OPTION> for the others
     (COLORIZE_TRAIN_VAE_EPOCHS=20).
     """
+    # Pillow's warnings about a file's headers ("Corrupt EXIF data") name no file; that file's own line (an
+    # error, or the decoder's warning) says what matters
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
 
 
 def _resolve_device(spec: str):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from .app import DEFAULT_COMMAND, SheetSize, _check_output_dir, _device_option, main
 
@@ -15,7 +16,8 @@ from .app import DEFAULT_COMMAND, SheetSize, _check_output_dir, _device_option, 
               context_settings={"ignore_unknown_options": False, "auto_envvar_prefix": "COLORIZE"})
 @click.argument("paths", nargs=-1, metavar="PATH...", type=click.Path())
 @click.option("--samples", "-n", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="colorizations per photo: the N most probable mixture means; beyond 8, draws from the mixture")
+              help="colorizations per photo: the N most probable mixture means (beyond 8, draws from the "
+                   "mixture); 1: the colorized photo itself, full size")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="a bundled model's name (general, faces: `colorize models`) or a model folder (a training run "
                    "or a bundle)  [default: general]")
@@ -84,9 +86,9 @@ def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, d
             gallery, ray, ray_actors, null, as_json, quiet, debug):
     """Colorize photos: files and folders (walked recursively); ``-`` reads paths from stdin.
 
-    Writes PHOTO.colorized.png (a sheet of the samples, most probable first) beside each input, or under
-    --output. Existing outputs are skipped, so reruns only do new photos. Exit code: 0 all done or skipped,
-    1 some inputs failed, 2 usage error.
+    Writes PHOTO.colorized.png (a sheet of the samples, most probable first; with --samples 1 the colorized
+    photo itself, full size) beside each input, or under --output. Existing outputs are skipped, so reruns
+    only do new photos. Exit code: 0 all done or skipped, 1 some inputs failed, 2 usage error.
     """
     from ..engine.runner import run_batch_command
     from ..model.registry import ModelNotFoundError, resolve_model
@@ -118,6 +120,8 @@ def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, d
     from ..files.imageio import MAX_PIXELS
     from ..model.colorizer import LoadOptions
 
+    if samples == 1 and click.get_current_context().get_parameter_source("sheet_size") == ParameterSource.DEFAULT:
+        sheet_size = None   # one colorization per photo: the photo itself, full size, no caption
     batch = BatchOptions(samples=samples, output_dir=output, separate=separate, fmt=fmt, quality=quality,
                          sheet_size=sheet_size, batch_size=batch_size, seed=seed, vividness=vividness,
                          overwrite=overwrite,
