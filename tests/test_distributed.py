@@ -25,9 +25,9 @@ def lfw32(shared, tmp_path_factory):
     return shared / "data", lists, tmp_path_factory.mktemp("cache")
 
 
-def _train(args, nproc: int | None, cwd):
+def _train(args, nproc: int | None, cwd, threads: int = 1):
     # one thread per process in both runs: a different thread count alone moves float sums by ~1e-4
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLORIZE_VGG_WEIGHTS": str(VGG_FILE)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "COLORIZE_VGG_WEIGHTS": str(VGG_FILE)}
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
                 if nproc else [sys.executable])
     proc = subprocess.run([*launcher, "-m", "colorize_cli", "train", *args], cwd=cwd, env=env,
@@ -59,8 +59,14 @@ def test_two_processes_train_as_one(lfw32, tmp_path):
     # dropout masks the KL term moved by ~5%, without the global batch statistics by ~9%
     for key in ("train_loss", "train_kl", "train_recon_l2"):
         assert two[key] == pytest.approx(one[key], rel=1e-3), key
-    # and the step itself: the weights after it give the same test loss
-    assert two["test_recon_l2"] == pytest.approx(one["test_recon_l2"], rel=1e-4)
+    # and the step itself: the weights after it give the same test loss, as closely as the same single
+    # process gives it with 2 threads instead of 1. Adam's first step moves each weight by about lr * sign(g):
+    # where g is at rounding level its sign is noise, so any change of summation order (threads, shards)
+    # moves the result by an amount that depends on the CPU's kernels (8.6e-6 relative on an Intel Xeon,
+    # 3.9e-4 on an AMD EPYC): the bound is that spread, measured here in the same run
+    _train(args("vae", "one_threads"), None, tmp_path, threads=2)
+    spread = abs(_records(tmp_path / "one_threads")[0]["test_recon_l2"] - one["test_recon_l2"])
+    assert abs(two["test_recon_l2"] - one["test_recon_l2"]) <= 4 * spread + 1e-5 * abs(one["test_recon_l2"])
 
     # rank 0 alone wrote, once; the checkpoint loads without running code (weights_only)
     assert len(_records(tmp_path / "two")) == 1

@@ -26,7 +26,12 @@ def test_ranking_reorders_the_same_samples(tmp_path, tiny_run, synthetic_dataset
     before, after = record["train"]["before"], record["train"]["after"]
     assert after["images"] == before["images"] == 16
     assert after["top_is_closest"] >= before["top_is_closest"]
-    assert after["top1_vs_grey"] <= before["top1_vs_grey"] + 1e-6
+    if "error" in objective:
+        # the error objective fits each component's error on these very photos (16 photos, small ridge): its
+        # top is their least-error sample, so top-1 cannot get worse. The closest objective ranks by the
+        # chance of being closest, not by error: where two samples' errors differ by rounding, its top may
+        # be either (top-1 moved by +4.4e-6 on an AMD EPYC), so its test is top_is_closest above
+        assert after["top1_vs_grey"] <= before["top1_vs_grey"] + 1e-6
     assert after["best_vs_grey"] == before["best_vs_grey"]       # the same K colorizations
     assert "test" in record
 

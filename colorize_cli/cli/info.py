@@ -18,6 +18,8 @@ def info_cmd(files, as_json):
     sample, weight, seed (the record every png and jpg output carries)."""
     import json
 
+    from ..common.names import readable
+    from ..engine.runner import _printable
     from ..files import provenance
 
     missing = False
@@ -25,12 +27,15 @@ def info_cmd(files, as_json):
         record = provenance.read(f) if f.is_file() else None
         missing |= record is None
         if as_json:
-            click.echo(json.dumps({"file": str(f), "record": record}))
+            # strict JSON (records never hold NaN: provenance.read refuses them), names as valid text
+            click.echo(json.dumps({"file": readable(str(f)), "record": record}, allow_nan=False))
         elif record is None:
-            click.echo(f"{f}: no colorize record (an original, another tool's, or a webp output)")
+            click.echo(f"{_printable(str(f))}: no colorize record (an original, another tool's, or a webp output)")
         else:
-            fields = ", ".join(f"{k}: {v}" for k, v in record.items() if k not in ("weights", "mtime_ns", "layout"))
-            click.echo(f"{f}: {fields}")
+            # every field as one line's text: a forged record's escape codes or newlines are shown, not obeyed
+            fields = ", ".join(f"{_printable(str(k))}: {_printable(str(v))}" for k, v in record.items()
+                               if k not in ("weights", "mtime_ns", "layout"))
+            click.echo(f"{_printable(str(f))}: {fields}")
     sys.exit(1 if missing else 0)
 
 

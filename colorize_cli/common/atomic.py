@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -104,14 +105,36 @@ def owner_alive(pid: int | None, host: str | None, mtime: float) -> bool:
     return time.time() - mtime < FOREIGN_AGE_S
 
 
+#: a claim is one short line; nothing past this is read
+CLAIM_MAX_BYTES = 512
+
+
 def read_claim(path: str | os.PathLike) -> tuple[int, str | None, str | None]:
-    """A claim's (pid, host, run); a claim of an older version holds the pid alone; unreadable: (0, None, None)."""
+    """A claim's (pid, host, run); a claim of an older version holds the pid alone; unreadable: (0, None, None).
+    Only a regular file is read, and only its first bytes: a FIFO or a link to a device under a claim's name
+    cannot hang or fill a run (opened without blocking, not read)."""
     try:
-        parts = Path(path).read_text(encoding="ascii").split()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return 0, None, None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0, None, None
+        parts = os.read(fd, CLAIM_MAX_BYTES).decode("ascii").split()
         return int(parts[0]) if parts else 0, (parts[1] if len(parts) > 1 else None), (
             parts[2] if len(parts) > 2 else None)
     except (OSError, ValueError, UnicodeDecodeError):
         return 0, None, None
+    finally:
+        os.close(fd)
+
+
+def is_foreign_claim(path: str | os.PathLike) -> bool:
+    """Something under a claim's name that no run made: not a regular file (a FIFO, a link, a device)."""
+    try:
+        return not stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def remove_stale(folder: str | os.PathLike) -> int:
@@ -133,6 +156,10 @@ def remove_stale(folder: str | os.PathLike) -> int:
                 pid, host = (int(m.group(1)) if m.group(1) is not None else None), m.group(2)
                 stale = not owner_alive(pid, host, os.stat(full).st_mtime)
             elif name.startswith(".") and name.endswith(CLAIM_SUFFIX):
+                if is_foreign_claim(full):   # no run made it; in the way of every claim of that photo
+                    os.unlink(full)
+                    removed += 1
+                    continue
                 pid, host, _ = read_claim(full)
                 mtime = os.stat(full).st_mtime
                 stale = not owner_alive(pid, host, mtime) if pid else time.time() - mtime >= 60

@@ -79,7 +79,9 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
     batch_size = opts.batch_size or default_batch_size(colorizer.device.type)
     device_sheets = colorizer.merges_on_device if opts.device_sheets is None else opts.device_sheets
     lookahead = max(2 * batch_size, opts.workers * 2)
-    with ThreadPoolExecutor(opts.workers, thread_name_prefix="colorize-io", initializer=_name_io_thread) as pool:
+    pool = ThreadPoolExecutor(opts.workers, thread_name_prefix="colorize-io", initializer=_name_io_thread)
+    interrupted = False
+    try:
         decoding: deque[Future] = deque()
         # results in input order: finished ones, or writes under way with the bytes of the sheet they hold
         writing: deque[tuple[Future | ItemResult, int]] = deque()
@@ -163,6 +165,12 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
         if in_flight is not None:
             submit_writes(in_flight)
         yield from drain(0)
+    except KeyboardInterrupt:   # Ctrl-C, SIGTERM, SIGHUP: stop now, not after the batches in flight
+        interrupted = True
+        raise
+    finally:
+        # what was queued is dropped; a write under way is a temporary, which the interrupted run removes
+        pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
 
 
 def pick(items: list[InputItem], numbers: list[list[int]], colorizer: Colorizer,

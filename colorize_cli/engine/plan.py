@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..common.atomic import CLAIM_SUFFIX, HOST, owner_alive, read_claim
+from ..common.names import readable
 from ..files import provenance
 from ..files.imageio import MAX_PIXELS, is_image_path
 
@@ -78,8 +79,11 @@ class ItemResult:
     warnings: list[str] = field(default_factory=list)   # what the decoder said (a JPEG corrupt mid-file)
 
     def to_json(self) -> dict:
-        return {"input": self.input, "status": self.status, "outputs": self.outputs, "weights": self.weights,
-                "seconds": round(self.seconds, 4), "error": self.error, "warnings": self.warnings}
+        # names as valid text: a byte that is not UTF-8 as \xNN, never a lone surrogate (names.readable)
+        return {"input": readable(self.input), "status": self.status, "outputs": [readable(o) for o in self.outputs],
+                "weights": self.weights, "seconds": round(self.seconds, 4),
+                "error": readable(self.error) if self.error is not None else None,
+                "warnings": [readable(w) for w in self.warnings]}
 
 
 def is_output_name(name: str) -> bool:
@@ -172,7 +176,9 @@ def discover(paths: Iterable[str], recursive: bool = True) -> Discovery:
             for dirpath, dirnames, filenames in walker:
                 for name in sorted(filenames):
                     full = Path(dirpath) / name
-                    if full.is_file():
+                    # everything but folders: a FIFO, a device link or a dangling link with an image's name
+                    # is one line from read_image like any unreadable input, anything else is counted
+                    if not full.is_dir():
                         add(full, _abs(full).relative_to(base) if base is not None else full.relative_to(path))
         elif path.exists():
             # not a regular file: read_image says so, for this input alone
@@ -230,9 +236,64 @@ def plan_outputs(items: list[InputItem], opts: BatchOptions) -> None:
                                  f"photo's output (left alone)")
         item.sheet = folder / f"{stem}{OUTPUT_TAG}{ext}"
         item.sheet_record = records.get(item.sheet, _UNREAD)
+        if (item.conflict is None and not opts.overwrite and item.fmt in RECORDED_FORMATS
+                and item.sheet_record is None and _is_file(item.sheet)):
+            # an output of ours always carries a record: this one is another program's file, or empty
+            item.conflict = (f"its output name {item.sheet} is taken by a file that is not a colorize output "
+                             f"(no record; --overwrite replaces it)")
         claimed.add(item.sheet.absolute())
         item.singles = ([folder / f"{stem}{OUTPUT_TAG}-{i}{ext}" for i in range(1, opts.samples + 1)]
                         if opts.separate else [])
+
+
+#: formats whose outputs carry the record (webp's simple container has no place for it)
+RECORDED_FORMATS = ("png", "jpg")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def run_name(path: Path, output_dir: Path | None) -> Path | None:
+    """The name under its run's root that an earlier run gave this photo (what mirrors it under --output and
+    seeds its draws beyond the K means), from that run's sheet: beside the photo, or under ``output_dir`` at
+    the photo's path's tail; None when no sheet made from this very file is found."""
+    import glob
+
+    parts = _abs(path).parts
+    if output_dir is None:
+        folders = [path.parent]
+    else:
+        folders = [Path(output_dir, *parts[len(parts) - k:-1]) for k in range(1, len(parts))]
+    source = provenance.Source.of(path)
+    for folder in folders:
+        for stem in (path.stem, path.name):
+            for sheet in sorted(folder.glob(glob.escape(stem) + OUTPUT_TAG + ".*")):
+                record = provenance.read(sheet)
+                if not record or not source.matches(record):
+                    continue
+                name = record.get("name")
+                if isinstance(name, str) and name and not Path(name).is_absolute() and ".." not in Path(name).parts:
+                    return Path(name)
+                return sheet.parent.relative_to(output_dir) / path.name if output_dir is not None else None
+    return None
+
+
+def made_otherwise(item: InputItem, opts: BatchOptions, model: str | None) -> str | None:
+    """How an input's existing sheet was made differently from what this run asks (samples, model, seed,
+    vividness, per its record), e.g. "samples 8, not 1"; None when the same or unknown."""
+    record = item.sheet_record if item.sheet_record is not _UNREAD else provenance.read(item.sheet)
+    if not isinstance(record, dict):
+        return None
+    asked = {"samples": opts.samples, "model": model, "seed": opts.seed, "vividness": opts.vividness}
+    had = {"samples": record.get("samples"), "model": record.get("model"), "seed": record.get("seed", 0),
+           "vividness": record.get("vividness", 1.0)}
+    diffs = [f"{k} {had[k]}, not {asked[k]}" for k in asked
+             if had[k] is not None and asked[k] is not None and had[k] != asked[k]]
+    return "; ".join(diffs) or None
 
 
 def _all_outputs(item: InputItem) -> list[Path]:
@@ -304,13 +365,15 @@ def release(item: InputItem) -> None:
 
 def _is_done(item: InputItem, fresh: bool = False) -> bool:
     """All outputs there, and the sheet made from this very input (its record names the file, its size and
-    modification time; outputs without a record — webp, or written before records — count as done).
+    modification time; a webp sheet, which cannot carry a record, counts as done).
     ``fresh``: read the record again rather than use the one planning read."""
     try:
         if not all(p.is_file() for p in _all_outputs(item)):
             return False
         cached = item.sheet_record
         record = provenance.read(item.sheet) if fresh or cached is _UNREAD else cached
-        return record is None or provenance.Source.of(item.path).matches(record)
+        if record is None:   # done only where no record can be written (webp)
+            return item.sheet.suffix.lower() not in tuple("." + f for f in RECORDED_FORMATS)
+        return provenance.Source.of(item.path).matches(record)
     except OSError:   # an unreachable output folder: not done; writing will say why, for this input alone
         return False

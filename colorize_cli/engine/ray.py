@@ -26,7 +26,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -52,7 +54,7 @@ def _import_ray():
         import ray
         import ray.data  # noqa: F401  (the data extra: pyarrow, pandas)
     except ImportError as err:
-        raise RayUnavailable(f"--ray needs the [ray] extra: pip install 'colorize-cli[ray]' ({err})") from err
+        raise RayUnavailable(f"--ray needs the [ray] extra: pip install 'colorize-photos[ray]' ({err})") from err
     return ray
 
 
@@ -65,6 +67,9 @@ def connect() -> None:
         # this run reports every input's fate itself, so only fatal ones pass. The core announces that
         # setting on stderr as it starts: ray.init runs with stderr closed
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        # ray.init puts its own SIGTERM handler in (a dump, exit 15): this run's handlers (end like Ctrl-C,
+        # exit 143, stop the actors, sweep their claims) stay
+        handlers = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
         try:
             with _stderr_silenced():
                 ray.init(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False,
@@ -72,12 +77,88 @@ def connect() -> None:
         except (ConnectionError, RuntimeError, ValueError) as err:
             where = os.environ.get("RAY_ADDRESS") or "a local Ray"
             raise RayUnavailable(f"cannot start or reach {where}: {str(err).strip().splitlines()[0]}") from err
+        finally:
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    try:
+                        signal.signal(sig, handler)
+                    except ValueError:   # not the main thread
+                        pass
+    _keep_stdout_ours()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True   # results in input order, as a local run gives them
     ctx.print_on_execution_start = False
     for name in ("ray.data", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _keep_stdout_ours() -> None:
+    """Ray's driver prints the cluster's notices for the job ("(raylet) Task ... failed ... will be retried"
+    when a node is lost) on stdout, which carries --json lines and nothing else: those go nowhere (each
+    input's fate is reported by this run itself). Ray's private printer is wrapped where it exists."""
+    try:
+        import ray._private.worker as ray_worker
+    except ImportError:
+        return
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "_colorize_quiet", False):
+        return
+
+    def quiet(data, *args, **kwargs):
+        if isinstance(data, dict) and data.get("pid") == "raylet":
+            return
+        printer(data, *args, **kwargs)
+
+    quiet._colorize_quiet = True
+    ray_worker.print_to_stdstream = quiet
+
+
+_STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+def stop(folders) -> None:
+    """After an interrupted run: end this job's actors (a local Ray shuts down with it; a cluster's actors
+    end with their driver), then sweep the claims and temporaries their processes left in ``folders``. A
+    second Ctrl-C meanwhile does not turn into a traceback."""
+    import ray
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:
+        previous = None
+    try:
+        if ray.is_initialized():
+            with _stderr_silenced():
+                ray.shutdown()
+    except Exception:   # noqa: BLE001 - stopping is best effort; the sweep below still runs
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    from ..common.atomic import CLAIM_SUFFIX, remove_stale
+
+    folders = sorted(set(folders))
+    deadline = time.monotonic() + STOP_WAIT_S
+    while True:   # the actors' processes end a moment after shutdown returns: their claims go when they do
+        for folder in folders:
+            remove_stale(folder)
+        left = any(name.endswith(CLAIM_SUFFIX) for folder in folders for name in _names(folder))
+        if not left or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+
+
+#: how long an interrupted --ray run waits for its actors' processes to end, sweeping their claims
+STOP_WAIT_S = 15.0
+
+
+def _names(folder) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 @contextlib.contextmanager

@@ -112,6 +112,7 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
             console = None
     interactive = console is not None
     counts = {"done": 0, "skipped": 0, "failed": 0}
+    skipped: set[str] = set()   # inputs skipped as done (their outputs exist)
     t0 = time.perf_counter()
     progress = task = None
     if interactive:
@@ -138,6 +139,8 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
     try:
         for result in results:
             counts[result.status] += 1
+            if result.status == "skipped" and not result.error:
+                skipped.add(result.input)
             if as_json:
                 # one line per input as soon as it is done, also into a pipe (`| jq`, a watcher)
                 click.echo(json.dumps(result.to_json()))
@@ -169,27 +172,44 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
     except KeyboardInterrupt as err:
         if progress is not None:
             progress.stop()
-        from ..common.atomic import remove_live_temporaries
+        if run.ray:   # the actors stop with the job; then their claims and temporaries are swept
+            from .ray import stop
 
-        remove_live_temporaries()
-        signum = err.signum if isinstance(err, _Terminated) else signal.SIGINT
-        _err(f"interrupted ({signal.Signals(signum).name}): finished outputs are kept; rerun to do the rest")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # exit now: queued writes in the pool's threads would otherwise run to the end first
-        os._exit(128 + signum)
+            stop(it.sheet.parent for it in found.items)
+        exit_interrupted(err)
     finally:
         if progress is not None:
             progress.stop()
         capturing.close()
     elapsed = time.perf_counter() - t0
     _summary(console, counts, found.ignored, elapsed, quiet or as_json)
-    if run.gallery:
-        _write_gallery(found, run, quiet or as_json)
-    return EXIT_SOME_FAILED if counts["failed"] or found.missing or found.unreadable else EXIT_OK
+    if counts["skipped"] and not opts.overwrite and not quiet:
+        _say_made_otherwise(found, skipped, run)
+    page_failed = run.gallery and not _write_gallery(found, run, quiet or as_json)
+    return (EXIT_SOME_FAILED if counts["failed"] or found.missing or found.unreadable or page_failed
+            else EXIT_OK)
 
 
-def _write_gallery(found, run: RunOptions, silent: bool) -> None:
+def _say_made_otherwise(found, skipped: set[str], run: RunOptions) -> None:
+    """One line when skipped photos' outputs were made with other options than this run's: a rerun with
+    --samples 1 after a run of 8 would otherwise say nothing but "skipped"."""
+    from ..model.registry import model_name, resolve_model
+    from .plan import made_otherwise
+
+    try:
+        model = model_name(resolve_model(run.model.model))
+    except (OSError, ValueError):
+        model = None
+    differing = [(it, why) for it in found.items if str(it.path) in skipped
+                 for why in [made_otherwise(it, run.batch, model)] if why]
+    if differing:
+        it, why = differing[0]
+        n = len(differing)
+        _err(f"{n} skipped photo{'s' if n != 1 else ''} had outputs made with other options "
+             f"({_printable(it.path.name)}: {why}): --overwrite redoes them")
+
+
+def _write_gallery(found, run: RunOptions, silent: bool) -> bool:
     from ..files import gallery
 
     opts = run.batch
@@ -200,15 +220,16 @@ def _write_gallery(found, run: RunOptions, silent: bool) -> None:
                "--vividness": opts.vividness if opts.vividness != 1.0 else None,
                "--format": opts.fmt if opts.fmt != "auto" else None,
                "--quality": opts.quality,
-               "--output": str(opts.output_dir) if opts.output_dir is not None else None}
+               "--output": os.path.abspath(opts.output_dir) if opts.output_dir is not None else None}
     try:
         page = gallery.write_page(found.items, gallery.page_folder(found.items, opts.output_dir), options,
                                   opts.samples)
     except OSError as err:
         _err(f"error: cannot write the gallery page: {err.strerror or err}")
-        return
+        return False
     if page is not None and not silent:
         _err(f"gallery: {_printable(str(page))}")
+    return True
 
 
 def _decoder_said(warnings: list[str]) -> str:
@@ -234,7 +255,9 @@ def _dry_run(found, opts, as_json: bool) -> int:
 
 def _printable(name: str) -> str:
     """A path for a one-line message: control characters (a newline in a file name) escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+    from ..common.names import readable
+
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in readable(name))
 
 
 class _UsageFailure(Exception):
@@ -247,6 +270,30 @@ class _Terminated(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def exit_interrupted(err: KeyboardInterrupt) -> None:
+    """End the process after Ctrl-C, SIGTERM or SIGHUP: this process's temporaries removed, one line, exit
+    128 + the signal. Exits at once: queued writes in the pool's threads would otherwise run to the end."""
+    from ..common.atomic import remove_live_temporaries
+
+    remove_live_temporaries()
+    signum = err.signum if isinstance(err, _Terminated) else signal.SIGINT
+    _err(f"interrupted ({signal.Signals(signum).name}): finished outputs are kept; rerun to do the rest")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGTERM and SIGHUP end the block like Ctrl-C, and any of them ends the process as ``exit_interrupted``
+    says (for commands other than a run: `colorize pick`)."""
+    _end_like_ctrl_c_on((signal.SIGTERM, getattr(signal, "SIGHUP", None)))
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        exit_interrupted(err)
 
 
 def _end_like_ctrl_c_on(signals) -> None:

@@ -3,6 +3,7 @@ provenance record and the input's metadata. Every output kind is a case of this 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,7 @@ def _write_outputs(dec: _Decoded, pred: Prediction, opts: BatchOptions, model: s
         # singles first, the sheet last: the sheet's presence marks the input as done for a rerun
         for i, path in enumerate(item.singles):
             record = source.record(sample=i + 1, weight=round(float(weights[i]), 6), seed=opts.seed,
-                                   vividness=_vividness(opts), model=model)
+                                   vividness=_vividness(opts), model=model, name=_run_name(item))
             if pred.sheet is not None:   # merged on the device: the single is a tile of the sheet
                 _save_whole(path, sheet_tile(pred.sheet, i, h, w, cols, gap), item.fmt, opts, record, dec.meta)
             else:
@@ -91,7 +92,8 @@ def _write_outputs(dec: _Decoded, pred: Prediction, opts: BatchOptions, model: s
             written.append(str(path))
         sheet_size = opts.sheet_size if opts.sheet_size is not None else _fitting_tile(h, w, len(ab), cols, gap)
         record = source.record(samples=len(ab), weights=[round(float(x), 6) for x in weights], seed=opts.seed,
-                               vividness=_vividness(opts), model=model, layout=sheet_layout(h, w, len(ab), sheet_size))
+                               vividness=_vividness(opts), model=model, name=_run_name(item),
+                               layout=sheet_layout(h, w, len(ab), sheet_size))
         if sheet_size is not None:
             _save_whole(item.sheet, captioned_sheet(l_full, alpha, ab, weights, cols, sheet_size), item.fmt,
                         opts, record, dec.meta)
@@ -118,6 +120,17 @@ def _fitting_tile(h: int, w: int, n: int, cols: int, gap: int) -> int | None:
     return max(16, int(max(h, w) * (SHEET_MAX_PIXELS / (height * width)) ** 0.5 * 0.95))
 
 
+#: a record names the input's path under the run's root only up to this long (as JSON), so the record
+#: stays within the head of the file where readers look for it (provenance.HEAD_BYTES)
+MAX_RECORDED_NAME = 1024
+
+
+def _run_name(item: InputItem) -> str | None:
+    """The input's path under the run's root, for `pick` (its outputs' names and seeds), if short enough."""
+    name = item.rel.as_posix()
+    return name if len(json.dumps(name)) <= MAX_RECORDED_NAME else None
+
+
 def _vividness(opts: BatchOptions) -> float | None:
     """What a record says of --vividness: nothing at the default (records stay as they were)."""
     return None if opts.vividness == 1.0 else opts.vividness
@@ -135,7 +148,7 @@ def write_picks(dec: _Decoded, pred: Prediction, wanted: list[int], opts: BatchO
         for n in wanted:
             path = item.singles[n - 1]
             record = source.record(sample=n, weight=round(float(pred.weights[n - 1]), 6), seed=opts.seed,
-                                   vividness=_vividness(opts), model=model)
+                                   vividness=_vividness(opts), model=model, name=_run_name(item))
             _save(path, dec.prep.l_full, dec.alpha, pred.ab[n - 1:n], 1, sheet_gap(h, w), item.fmt, opts,
                   record, dec.meta)
             written.append(str(path))

@@ -16,6 +16,7 @@ import os
 import shlex
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 from ..common.atomic import atomic_write
 from . import provenance
@@ -44,7 +45,8 @@ def entries(items, folder: Path, samples: int) -> list[dict]:
         if it.sheet is None or not it.sheet.is_file():
             continue
         record = provenance.read(it.sheet) or {}
-        out.append({"photo": os.path.abspath(it.path), "name": it.rel.as_posix(), "sheet": _rel(it.sheet, folder),
+        out.append({"photo": os.path.abspath(it.path), "name": it.rel.as_posix(),
+                    "sheet": quote(os.fsencode(_rel(it.sheet, folder))),   # a URL: %, ?, # and newlines encoded
                     "weights": record.get("weights") or [], "samples": record.get("samples") or samples,
                     "layout": record.get("layout"), "vividness": _vividness(record)})
     return out
@@ -73,7 +75,9 @@ def write_page(items, folder: Path, options: dict, samples: int, title: str = "c
         return None
     template = resources.files("colorize_cli").joinpath("templates/gallery.html").read_text(encoding="utf-8")
     payload = json.dumps({"photos": data, "command": pick_command(options)}, ensure_ascii=True)
-    payload = payload.replace("</", "<\\/")   # never closes the script element early
+    # never closes the script element early, nor opens a comment that changes how it is parsed (<!-- and
+    # <script in a name): JSON strings may escape "<" as \u003c and mean the same
+    payload = payload.replace("<", "\\u003c")
     page = (template.replace("{{TITLE}}", html.escape(title))
                     .replace("{{COUNT}}", str(len(data)))
                     .replace("/*{{DATA}}*/null", payload))

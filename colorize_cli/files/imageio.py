@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass, field
@@ -92,14 +93,51 @@ class _TooLarge(Exception):
     pass
 
 
+#: bytes of a text header (Radiance HDR, PAM, PFM) read to find the image size
+TEXT_HEADER_BYTES = 4096
+_HDR_SIZE = re.compile(rb"^[-+][YX] +(\d+) +[-+][YX] +(\d+)$")
+
+
+def _text_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the formats OpenCV reads that Pillow does not: Radiance HDR (``#?RADIANCE``),
+    PAM (``P7``), PFM (``PF``/``Pf``). Their headers are text; a header that gives no size is refused (the
+    size could not be checked), never decoded blind."""
+    head = data[:TEXT_HEADER_BYTES]
+    if head.startswith((b"#?RADIANCE", b"#?RGBE")):
+        for line in head.split(b"\n")[1:]:
+            m = _HDR_SIZE.match(line.strip())
+            if m:
+                a, b = int(m.group(1)), int(m.group(2))
+                return (b, a) if line.strip()[1:2] == b"Y" else (a, b)
+        raise ImageReadError("Radiance HDR header gives no size")
+    if head.startswith(b"P7\n") or head.startswith(b"P7\r"):
+        fields = dict(ln.split(None, 1) for ln in head.split(b"ENDHDR")[0].splitlines()[1:] if len(ln.split()) >= 2)
+        try:
+            return int(fields[b"WIDTH"]), int(fields[b"HEIGHT"])
+        except (KeyError, ValueError):
+            raise ImageReadError("PAM header gives no size") from None
+    if head[:2] in (b"PF", b"Pf") and head[2:3] in (b"\n", b"\r", b" "):
+        parts = head[2:64].split()
+        try:
+            return int(parts[0]), int(parts[1])
+        except (IndexError, ValueError):
+            raise ImageReadError("PFM header gives no size") from None
+    return None
+
+
 def _header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the file's header, without decoding: PNG and BMP read here, the rest by Pillow
     (its decompression-bomb warning silenced: the limit is ours). None where no header says."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
         return struct.unpack(">II", data[16:24])
     if data[:2] == b"BM" and len(data) >= 26:
+        if struct.unpack("<I", data[14:18])[0] == 12:      # OS/2 1.x BITMAPCOREHEADER: 16-bit sizes
+            return struct.unpack("<HH", data[18:22])
         w, h = struct.unpack("<ii", data[18:26])
         return abs(w), abs(h)
+    text_size = _text_header_size(data)
+    if text_size is not None:
+        return text_size
     try:
         import warnings
 
@@ -223,7 +261,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     if orientation != 1:
         bgr = _apply_orientation(bgr, orientation)
         alpha = None if alpha is None else _apply_orientation(alpha, orientation)
-    return LoadedImage(np.ascontiguousarray(bgr), alpha, depth, channels, warnings, meta)
+    return LoadedImage(np.ascontiguousarray(bgr), alpha, depth, channels, [*warnings, *meta.dropped], meta)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> LoadedImage:
@@ -248,7 +286,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> LoadedI
     except PermissionError as err:
         raise ImageReadError("permission denied") from err
     except FileNotFoundError as err:
-        raise ImageReadError("no such file") from err
+        raise ImageReadError("a link to a missing file" if path.is_symlink() else "no such file") from err
     except OSError as err:
         raise ImageReadError(err.strerror or str(err)) from err
     return decode_image(data, max_pixels)

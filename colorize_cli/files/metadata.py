@@ -17,8 +17,14 @@ import zlib
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
+from ..common.names import readable
+
 #: the largest EXIF block a JPEG APP1 segment holds (65,535 minus the length field and "Exif\0\0")
 MAX_JPEG_EXIF = 65527
+#: an ICC profile larger than this is dropped (with a warning), never decompressed further nor copied into
+#: outputs: real RGB profiles are 0.5-60 KB (a few with large tables under 1 MB); a 1 MB PNG can hold a
+#: zlib bomb of 1 GB, and a 10 MB profile would be copied into every sample
+MAX_ICC_BYTES = 4 << 20
 ICC_CHUNK = 65519
 
 
@@ -28,6 +34,7 @@ class ImageMeta:
     icc: bytes | None = None                # an RGB ICC profile
     dpi: tuple[float, float] | None = None  # pixels per inch, x and y
     orientation: int = 1                    # the input's EXIF orientation (1-8), which decoding applies
+    dropped: tuple[str, ...] = ()           # what was not kept and why (an oversized ICC profile)
 
     def __bool__(self) -> bool:
         return bool(self.exif or self.icc or self.dpi)
@@ -43,6 +50,9 @@ def read(data: bytes) -> ImageMeta:
             exif, icc, dpi = _png(data)
         else:
             exif, icc, dpi, orientation = _pillow(data)
+        dropped: tuple[str, ...] = ()
+        if icc is _TOO_LARGE or (icc is not None and len(icc) > MAX_ICC_BYTES):
+            icc, dropped = None, (f"its ICC profile is over {MAX_ICC_BYTES >> 20} MB: not kept in the outputs",)
         if orientation is None:
             orientation = (tiff_orientation(exif) if exif else None) or 1
         if dpi is None and exif:
@@ -50,7 +60,18 @@ def read(data: bytes) -> ImageMeta:
         exif = _reset_orientation(exif) if exif else None
     except (ValueError, IndexError, struct.error, zlib.error):   # malformed: keep nothing rather than junk
         return ImageMeta()
-    return ImageMeta(exif, icc if _is_rgb_icc(icc) else None, dpi, orientation)
+    return ImageMeta(exif, icc if _is_rgb_icc(icc) else None, dpi, orientation, dropped)
+
+
+#: what a reader returns for an ICC profile over MAX_ICC_BYTES (not read, let alone decompressed, further)
+_TOO_LARGE = b"<too large>"
+
+
+def _inflate_bounded(data: bytes, limit: int) -> bytes:
+    """zlib data -> at most ``limit`` bytes; _TOO_LARGE when it holds more (a bomb stops there)."""
+    d = zlib.decompressobj()
+    out = d.decompress(data, limit + 1)
+    return _TOO_LARGE if len(out) > limit or d.unconsumed_tail else out
 
 
 def _jpeg(data: bytes):
@@ -75,7 +96,10 @@ def _jpeg(data: bytes):
         elif marker == 0xE2 and body[:12] == b"ICC_PROFILE\0" and len(body) > 14:
             icc_parts[body[12]] = body[14:]
         pos += 2 + length
-    icc = b"".join(icc_parts[k] for k in sorted(icc_parts)) if icc_parts else None
+    icc = None
+    if icc_parts:
+        size = sum(len(v) for v in icc_parts.values())
+        icc = _TOO_LARGE if size > MAX_ICC_BYTES else b"".join(icc_parts[k] for k in sorted(icc_parts))
     return exif, icc, dpi
 
 
@@ -92,7 +116,7 @@ def _png(data: bytes):
             exif = body
         elif kind == b"iCCP":
             name_end = body.index(b"\0")
-            icc = zlib.decompress(body[name_end + 2:])
+            icc = _inflate_bounded(body[name_end + 2:], MAX_ICC_BYTES)
         elif kind == b"pHYs" and len(body) == 9:
             x, y, unit = struct.unpack(">IIB", body)
             if unit == 1 and x and y:
@@ -115,7 +139,9 @@ def _pillow(data: bytes):
     if isinstance(exif, bytes) and exif[:6] == b"Exif\0\0":
         exif = exif[6:]
     dpi = info.get("dpi")
-    return (exif if isinstance(exif, bytes) and exif[:2] in (b"II", b"MM") else None, info.get("icc_profile"),
+    icc = info.get("icc_profile")
+    icc = _TOO_LARGE if isinstance(icc, bytes) and len(icc) > MAX_ICC_BYTES else icc
+    return (exif if isinstance(exif, bytes) and exif[:2] in (b"II", b"MM") else None, icc,
             (float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
             orientation if 1 <= orientation <= 8 else 1)
 
@@ -219,7 +245,7 @@ def xmp_packet(record: dict) -> bytes:
         f'xmp:CreatorTool={quoteattr(str(record.get("colorized_by", "colorize")))} {fields}>\n'
         f'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">{escape(describe(record))}</rdf:li></rdf:Alt>'
         '</dc:description>\n</rdf:Description></rdf:RDF></x:xmpmeta>\n<?xpacket end="r"?>')
-    return text.encode("utf-8")
+    return readable(text).encode("utf-8")   # a source name that is not UTF-8: its bytes as \xNN
 
 
 def _segment(marker: int, body: bytes) -> bytes:

@@ -135,6 +135,8 @@ class _Capture:
             self.cond.notify_all()
 
     def _line(self, line: bytes, inside: bool) -> None:
+        if inside and not line.strip():
+            return   # a blank line a decoder printed (OpenJPEG prints several per error): it names nothing
         if inside and _CODEC_LINE.match(line.strip()):
             with self.cond:
                 self.lines.append(line.decode("utf-8", "replace").strip())

@@ -20,6 +20,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..common import jsonsafe
 from ..common.version import __version__
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ def read(path: str | os.PathLike) -> dict | None:
     if raw is None:
         return None
     try:
-        record = json.loads(raw.decode("ascii"))
+        record = jsonsafe.loads(raw.decode("ascii"))   # a crafted record (deeply nested, NaN) is no record
     except (UnicodeDecodeError, ValueError):
         return None
     return record if isinstance(record, dict) else None
