@@ -123,3 +123,39 @@ def test_a_sheet_without_a_record_still_offers_its_samples(tmp_path):
     [entry] = entries([item], tmp_path, samples=6)
     assert entry["samples"] == 6 and entry["weights"] == [] and entry["layout"] is None
     assert entry["sheet"] == "p.colorized.webp" and entry["photo"] == str(photo)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (Debian package 'chromium')")
+def test_on_a_phone_the_header_is_small_and_a_tap_enlarges_a_sample(page_folder, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((page_folder / "colorized.html").as_uri())
+            page.wait_for_load_state("load")
+            header = page.locator("header").bounding_box()
+            assert header["height"] <= 0.15 * 844, header
+            assert page.locator("#save").is_disabled()               # nothing chosen: no empty picks.json
+            page.locator('[data-zoom="0-2"]').tap()
+            assert page.locator("#zoom").is_visible()
+            view = page.locator("#zview").bounding_box()
+            assert view["width"] >= 0.9 * 390                           # the sample at the screen's width
+            assert "sample 2" in page.locator("#zcap").inner_text()
+            page.screenshot(path=str(tmp_path / "phone-zoom.png"))
+            page.locator("#zchoose").tap()
+            assert page.locator("#count").inner_text() == "1 chosen"
+            assert page.locator("#zchoose").inner_text().startswith("Chosen")
+            page.locator("#zclose").tap()
+            assert not page.locator("#zoom").is_visible()
+            assert page.locator('#photo-0 .tile[data-sample="2"]').get_attribute("aria-pressed") == "true"
+            assert not page.locator("#save").is_disabled()
+            size = page.evaluate("parseFloat(getComputedStyle(document.querySelector('figcaption')).fontSize)")
+            assert size >= 12
+        finally:
+            browser.close()
+    assert not errors, errors

@@ -102,3 +102,25 @@ def test_the_pages_pick_command_works_where_it_is_pasted(tmp_path, tiny_run, mon
     assert (photo.parent / "p.colorized-2.png").is_file() and str(downloads / "picks.json") in r.stderr
     missing = CliRunner().invoke(main, ["pick", "--from", "nothing.json", "--model", str(tiny_run)])
     assert missing.exit_code == 2 and "nor in" in missing.output
+
+
+def test_heic_from_a_phone(tmp_path, tiny_run, monkeypatch):
+    # HEIC in: rotated as the file says, EXIF kept (orientation reset), the pixel limit from the header,
+    # --format auto gives jpg
+    pillow_heif = pytest.importorskip("pillow_heif")
+    monkeypatch.delenv("COLORIZE_FORMAT")
+    grey = cv2.cvtColor(synthetic_photo(np.random.default_rng(10), 40, 48), cv2.COLOR_BGR2GRAY)
+    exif = Image.Exif()
+    exif[0x0112] = 6                       # "rotate 90° clockwise to view": libheif stores it as irot
+    exif[0x013B] = "A. Archivist"
+    photo = tmp_path / "print.heic"
+    pillow_heif.from_pillow(Image.fromarray(grey).convert("RGB")).save(str(photo), quality=95, exif=exif.tobytes())
+    r = CliRunner().invoke(main, [str(photo), "--model", str(tiny_run), "--device", "cpu", "--samples", "1"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "print.colorized.jpg"
+    assert cv2.imread(str(out)).shape == (48, 40, 3)                 # portrait: the rotation applied once
+    kept = Image.open(out).getexif()
+    assert kept.get(0x013B) == "A. Archivist" and kept.get(0x0112, 1) == 1
+    small = CliRunner().invoke(main, [str(photo), "--model", str(tiny_run), "--device", "cpu", "--samples", "1",
+                                      "--max-pixels", "1000", "--overwrite", "--json"])
+    assert small.exit_code == 1 and "too large to decode (40x48 pixels" in json.loads(small.stdout)["error"]

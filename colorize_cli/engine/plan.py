@@ -19,7 +19,8 @@ from ..files.imageio import MAX_PIXELS, is_image_path
 OUTPUT_TAG = ".colorized"
 FORMATS = ("png", "jpg", "webp")
 #: --format auto: the output format follows the input's (what keeps an archive's sizes in proportion)
-AUTO_FORMAT = {".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".webp": "webp"}   # anything else: png
+AUTO_FORMAT = {".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".webp": "webp",   # anything else: png
+               ".heic": "jpg", ".heif": "jpg", ".hif": "jpg"}                   # a phone's photo: jpg
 #: --sheet-size default: each tile's long side. With --format auto's jpg at quality 90 (progressive,
 #: optimised Huffman tables) the 8-sample sheets of the 13 DDColor test photos took 2.91x their inputs'
 #: bytes (512 px: 3.25x; 640 px: 4.7x; full-resolution png: 59x). ``None``: full resolution, no captions

@@ -19,7 +19,9 @@ from . import metadata, native
 from .metadata import ImageMeta, tiff_orientation
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp",
-                              ".jp2", ".pbm", ".pgm", ".ppm", ".pnm"})
+                              ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".heic", ".heif", ".hif"})
+#: the ftyp brands of HEIF stills (phones photograph old prints as HEIC)
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 #: refuse to decode more pixels than this (a decompression bomb, or a scan too big for memory)
 MAX_PIXELS = 200_000_000
 #: the most bytes read from one input file (a 200-megapixel 16-bit TIFF, uncompressed, is 1.2 GB)
@@ -201,12 +203,46 @@ def _jpeg_header(data: bytes) -> tuple[tuple[int, int], int] | None:
     return (size, orientation) if size is not None else None
 
 
+def is_heif(data: bytes) -> bool:
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+
+
+def _decode_heif(data: bytes, max_pixels: int) -> LoadedImage:
+    """HEIC/HEIF through pillow-heif (libheif): the size from the header before decoding, the rotation and
+    mirroring the file asks for applied by libheif, EXIF and ICC kept as for other formats."""
+    try:
+        import pillow_heif
+    except ImportError as err:   # a dependency; only a broken install lacks it
+        raise ImageReadError(f"HEIC/HEIF needs pillow-heif ({err})") from err
+    try:
+        heif = pillow_heif.open_heif(data, convert_hdr_to_8bit=True)   # reads the headers only
+        w, h = heif.size
+        if w * h > max_pixels:
+            raise ImageReadError(f"too large to decode ({w}x{h} pixels, limit {max_pixels:,}; "
+                                 f"--max-pixels to change it)")
+        rgb = np.asarray(heif)
+    except ImageReadError:
+        raise
+    except Exception as err:   # noqa: BLE001 - libheif's errors come as several types: one line
+        raise ImageReadError(f"cannot decode HEIF: {str(err).strip().splitlines()[0] if str(err).strip() else err}") \
+            from err
+    channels = rgb.shape[2] if rgb.ndim == 3 else 1
+    if rgb.ndim == 2:
+        bgr, alpha = np.repeat(rgb[..., None], 3, axis=2), None
+    else:
+        bgr = np.ascontiguousarray(rgb[..., 2::-1])
+        alpha = np.ascontiguousarray(rgb[..., 3]) if channels == 4 else None
+    return LoadedImage(np.ascontiguousarray(bgr), alpha, 8, channels, [], metadata.read(data))
+
+
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Bytes of an image file -> 8-bit BGR + alpha, EXIF orientation applied. Raises ImageReadError.
 
     The size is read from the header and checked against ``max_pixels`` before anything is decoded."""
     if not data:
         raise ImageReadError("empty file")
+    if is_heif(data):
+        return _decode_heif(data, max_pixels)
     jpeg = _jpeg_header(data) if data[:2] == b"\xff\xd8" else None
     try:
         size = jpeg[0] if jpeg is not None else _header_size(data)

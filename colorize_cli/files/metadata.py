@@ -48,6 +48,9 @@ def read(data: bytes) -> ImageMeta:
             exif, icc, dpi = _jpeg(data)
         elif data[:8] == b"\x89PNG\r\n\x1a\n":
             exif, icc, dpi = _png(data)
+        elif data[4:8] == b"ftyp":   # HEIF: libheif applied the rotation when decoding
+            exif, icc, dpi = _heif(data)
+            orientation = 1
         else:
             exif, icc, dpi, orientation = _pillow(data)
         dropped: tuple[str, ...] = ()
@@ -123,6 +126,22 @@ def _png(data: bytes):
                 dpi = (x * 0.0254, y * 0.0254)
         pos += 12 + length
     return exif, icc, dpi
+
+
+def _heif(data: bytes):
+    """EXIF and ICC of a HEIF file (pillow-heif reads its boxes; the profile bounded as for every format)."""
+    try:
+        import pillow_heif
+
+        info = pillow_heif.open_heif(data).info
+    except Exception:   # noqa: BLE001 - no pillow-heif, or a file it cannot read: nothing to keep
+        return None, None, None
+    exif = info.get("exif")
+    if isinstance(exif, bytes) and exif[:6] == b"Exif\0\0":
+        exif = exif[6:]
+    icc = info.get("icc_profile")
+    icc = _TOO_LARGE if isinstance(icc, bytes) and len(icc) > MAX_ICC_BYTES else icc
+    return (exif if isinstance(exif, bytes) and exif[:2] in (b"II", b"MM") else None, icc, None)
 
 
 def _pillow(data: bytes):
