@@ -15,6 +15,13 @@ from conftest import REPO, synthetic_photo
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def launch_chromium(playwright):
+    """The system's headless Chromium, as a root test run without a network needs it."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+
+
 def _colorize(*args):
     return subprocess.run([sys.executable, "-m", "colorize_cli", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
@@ -60,9 +67,7 @@ def _page_data(text: str) -> dict:
 def test_choosing_in_a_real_browser_then_pick(page_folder, tiny_run, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(accept_downloads=True, viewport={"width": 1100, "height": 800})
             errors, requests = [], []
@@ -129,9 +134,7 @@ def test_a_sheet_without_a_record_still_offers_its_samples(tmp_path):
 def test_on_a_phone_the_header_is_small_and_a_tap_enlarges_a_sample(page_folder, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
             errors = []

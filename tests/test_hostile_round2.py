@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import REPO, synthetic_photo
-from test_gallery import CHROMIUM
+from test_gallery import CHROMIUM, launch_chromium
 
 from colorize_cli.cli import main
 from colorize_cli.common import jsonsafe
@@ -121,9 +121,7 @@ def test_gallery_page_with_hostile_names(tmp_path, tiny_run):
         return
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page()
             errors = []
