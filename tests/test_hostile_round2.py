@@ -413,3 +413,20 @@ def test_an_interrupt_does_not_wait_for_the_batches_in_flight(tmp_path, monkeypa
         list(batch.colorize_items(found.items, fake, opts))
     assert writing.is_set() and not finished.is_set()   # it returned while a write was still under way
     release.set()
+
+
+def test_pillows_warnings_about_a_file_do_not_reach_stderr(tmp_path, tiny_run):
+    # item 12: a WebP whose EXIF points past its end made Pillow print "Corrupt EXIF data" (4 lines naming
+    # no input); the file is colorized, and stderr has only lines about inputs
+    import io
+
+    from PIL import Image
+
+    ifd = b"II*\x00\x08\x00\x00\x00" + b"\x03\x00" + b"\x0f\x01\x02\x00\x40\x00\x00\x00\x80\x00\x00\x00"
+    buf = io.BytesIO()
+    Image.fromarray(synthetic_photo(np.random.default_rng(13), 40, 48)).save(buf, "WEBP", exif=b"Exif\x00\x00" + ifd)
+    (tmp_path / "bad-exif.webp").write_bytes(buf.getvalue())
+    r = _colorize(tmp_path, "--model", tiny_run, "--device", "cpu", "--samples", "1")
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr and "Corrupt EXIF" not in r.stderr, r.stderr
+    assert all("bad-exif" in ln or ln.startswith("colorize: 1 colorized") for ln in r.stderr.splitlines())
