@@ -32,6 +32,13 @@ def _full_png_sheets(monkeypatch):
     monkeypatch.setenv("COLORIZE_PICK_FORMAT", "png")
 
 
+@pytest.fixture(autouse=True)
+def _reproducible_outputs(monkeypatch):
+    """Outputs say when they were made (EXIF/XMP ModifyDate, the XMP InstanceID): with SOURCE_DATE_EPOCH set,
+    as reproducible builds do, two runs with the same options write the same bytes, which tests compare."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1765036800")
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not (SHARED / "data").is_dir():

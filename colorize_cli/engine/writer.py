@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..files import metadata, provenance
+from ..files import derived, provenance
 from ..files.imageio import encode_image, png_level, write_atomic, write_png_streaming
 from ..files.metadata import ImageMeta
 from ..model.colorizer import Prediction, PreparedImage
@@ -43,7 +43,7 @@ class _Decoded:
     error: str | None
     started: float
     warnings: list[str] = field(default_factory=list)
-    meta: ImageMeta | None = None   # what the outputs keep of the input (EXIF, ICC, DPI)
+    meta: ImageMeta | None = None   # what the outputs keep of the input (EXIF, IPTC, XMP, ICC, DPI)
 
 
 def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, fmt: str, opts: BatchOptions,
@@ -55,7 +55,7 @@ def _save(path: Path, l_full, alpha, samples: np.ndarray, cols: int, gap: int, f
         # streamed: a sheet of a 50-megapixel scan is never whole in memory
         write_png_streaming(path, height, width, 3 if alpha is None else 4, parts, png_level(opts.quality),
                             (provenance.png_chunk(record) if record is not None else b"")
-                            + metadata.png_chunks(meta, record))
+                            + derived.png_chunks(meta, record, (width, height)))
     else:
         _save_whole(path, np.concatenate(list(parts)), fmt, opts, record, meta)
 

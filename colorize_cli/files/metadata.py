@@ -1,23 +1,22 @@
-"""What an archive keeps of a photo in its colorizations: the input's EXIF (orientation applied and reset), its
-ICC profile (when it describes RGB: a grey or CMYK profile would misdescribe a colour output) and its DPI;
-and what marks each output as a colorization, where standard tools read it (XMP: ``dc:description``,
-``xmp:CreatorTool`` and the record's fields; exiftool, Adobe tools, digiKam and Pillow show it).
+"""What an archive keeps of a photo in its colorizations, read from the input: its EXIF (orientation applied
+and reset), IPTC and XMP as they came (derived.py edits them for the output), its ICC profile (when it
+describes RGB: a grey or CMYK profile would misdescribe a colour output), its DPI, and a PNG's sRGB, gAMA
+and cHRM chunks.
 
-JPEG: APP1 Exif, APP1 XMP, APP2 ICC_PROFILE segments, density in the JFIF header. PNG: ``eXIf``, ``iCCP``,
-``pHYs`` and an ``iTXt`` chunk ``XML:com.adobe.xmp``. WebP outputs keep none of it.
-Read from the input's bytes by walking its headers (no decoding); TIFF, WebP and BMP inputs through Pillow's
-header reader.
+Read from the input's bytes by walking its headers (no decoding): JPEG (APP1 Exif and XMP, APP13 Photoshop
+IPTC, APP2 ICC, JFIF density) and PNG (eXIf, iCCP, pHYs, iTXt XMP, a "Raw profile type iptc" text); TIFF,
+WebP and BMP through Pillow's header reader, HEIF through pillow-heif's. Every block is bounded before it is
+kept: what a file claims is never inflated or parsed past the limits below.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from dataclasses import dataclass
-from xml.sax.saxutils import escape, quoteattr
 
-from ..common.names import readable
 
 #: the largest EXIF block a JPEG APP1 segment holds (65,535 minus the length field and "Exif\0\0")
 MAX_JPEG_EXIF = 65527
@@ -26,6 +25,13 @@ MAX_JPEG_EXIF = 65527
 #: zlib bomb of 1 GB, and a 10 MB profile would be copied into every sample
 MAX_ICC_BYTES = 4 << 20
 ICC_CHUNK = 65519
+#: an XMP packet larger than this is not kept (a JPEG's holds 65,502 bytes; Photoshop's largest with a long
+#: History run to a few hundred KB); nor one nested deeper than MAX_XMP_DEPTH elements (real packets: <= 12)
+#: or with a DOCTYPE (XMP has none: entity expansion is how XML bombs work)
+MAX_XMP_BYTES = 1 << 20
+MAX_XMP_DEPTH = 40
+#: IPTC IIM records larger than this are not kept (a JPEG's APP13 holds 64 KB)
+MAX_IPTC_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -35,27 +41,37 @@ class ImageMeta:
     dpi: tuple[float, float] | None = None  # pixels per inch, x and y
     orientation: int = 1                    # the input's EXIF orientation (1-8), which decoding applies
     dropped: tuple[str, ...] = ()           # what was not kept and why (an oversized ICC profile)
+    iptc: bytes | None = None               # IPTC IIM datasets (0x1C record dataset length data ...)
+    xmp: bytes | None = None                # the XMP packet (UTF-8), checked by xmp_problem
+    png_colour: tuple[tuple[bytes, bytes], ...] = ()   # a PNG's (kind, body) of sRGB, gAMA, cHRM
 
     def __bool__(self) -> bool:
-        return bool(self.exif or self.icc or self.dpi)
+        return bool(self.exif or self.icc or self.dpi or self.iptc or self.xmp or self.png_colour)
 
 
 def read(data: bytes) -> ImageMeta:
     """The metadata worth keeping of an input file's bytes (empty when none, or unreadable)."""
     try:
         orientation = None
+        extra: dict = {}
         if data[:2] == b"\xff\xd8":
-            exif, icc, dpi = _jpeg(data)
+            exif, icc, dpi = _jpeg(data, extra)
         elif data[:8] == b"\x89PNG\r\n\x1a\n":
-            exif, icc, dpi = _png(data)
+            exif, icc, dpi = _png(data, extra)
         elif data[4:8] == b"ftyp":   # HEIF: libheif applied the rotation when decoding
-            exif, icc, dpi = _heif(data)
+            exif, icc, dpi = _heif(data, extra)
             orientation = 1
         else:
-            exif, icc, dpi, orientation = _pillow(data)
+            exif, icc, dpi, orientation = _pillow(data, extra)
         dropped: tuple[str, ...] = ()
         if icc is _TOO_LARGE or (icc is not None and len(icc) > MAX_ICC_BYTES):
             icc, dropped = None, (f"its ICC profile is over {MAX_ICC_BYTES >> 20} MB: not kept in the outputs",)
+        xmp, iptc = extra.get("xmp"), extra.get("iptc")
+        problem = xmp_problem(xmp) if xmp is not None else None
+        if problem:
+            xmp, dropped = None, (*dropped, f"its XMP metadata {problem}: not kept in the outputs")
+        if iptc is _TOO_LARGE or (iptc is not None and (len(iptc) > MAX_IPTC_BYTES or iptc[:1] != b"\x1c")):
+            iptc = None   # not IIM datasets (or too many): nothing an archive could read
         if orientation is None:
             orientation = (tiff_orientation(exif) if exif else None) or 1
         if dpi is None and exif:
@@ -63,7 +79,34 @@ def read(data: bytes) -> ImageMeta:
         exif = _reset_orientation(exif) if exif else None
     except (ValueError, IndexError, struct.error, zlib.error):   # malformed: keep nothing rather than junk
         return ImageMeta()
-    return ImageMeta(exif, icc if _is_rgb_icc(icc) else None, dpi, orientation, dropped)
+    return ImageMeta(exif, icc if _is_rgb_icc(icc) else None, dpi, orientation, dropped, iptc, xmp,
+                     tuple(extra.get("png_colour", ())))
+
+
+def xmp_problem(packet: bytes) -> str | None:
+    """Why an XMP packet is not kept (None: it is kept): too large, not UTF-8, a DOCTYPE, nested too deep,
+    not well-formed. Parsed by expat with no entities (a DOCTYPE is refused before parsing)."""
+    from xml.etree.ElementTree import ParseError, XMLPullParser
+
+    if len(packet) > MAX_XMP_BYTES:
+        return f"is over {MAX_XMP_BYTES >> 20} MB"
+    try:
+        text = packet.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not UTF-8"
+    if re.search(r"<!\s*(DOCTYPE|ENTITY)", text, re.IGNORECASE):   # XMP allows none
+        return "declares a DOCTYPE"
+    parser, depth = XMLPullParser(events=("start", "end")), 0
+    try:
+        parser.feed(text)
+        for event, _ in parser.read_events():
+            depth += 1 if event == "start" else -1
+            if depth > MAX_XMP_DEPTH:
+                return f"is nested over {MAX_XMP_DEPTH} deep"
+        parser.close()
+    except ParseError:
+        return "is not well-formed XML"
+    return None
 
 
 #: what a reader returns for an ICC profile over MAX_ICC_BYTES (not read, let alone decompressed, further)
@@ -77,7 +120,25 @@ def _inflate_bounded(data: bytes, limit: int) -> bytes:
     return _TOO_LARGE if len(out) > limit or d.unconsumed_tail else out
 
 
-def _jpeg(data: bytes):
+XMP_JPEG = b"http://ns.adobe.com/xap/1.0/\0"
+PHOTOSHOP = b"Photoshop 3.0\0"
+
+
+def _photoshop_iptc(body: bytes) -> bytes | None:
+    """The IPTC resource (0x0404) of Photoshop image resources ("8BIM", id, Pascal name, size, data)."""
+    pos = 0
+    while pos + 12 <= len(body) and body[pos:pos + 4] == b"8BIM":
+        rid = struct.unpack(">H", body[pos + 4:pos + 6])[0]
+        name_len = body[pos + 6]
+        pos += 6 + ((name_len + 2) & ~1)                  # the name, padded to an even length with its count
+        size = struct.unpack(">I", body[pos:pos + 4])[0]
+        if rid == 0x0404:
+            return body[pos + 4:pos + 4 + size]
+        pos += 4 + size + (size & 1)
+    return None
+
+
+def _jpeg(data: bytes, extra: dict):
     exif = dpi = None
     icc_parts: dict[int, bytes] = {}
     pos = 2
@@ -96,6 +157,12 @@ def _jpeg(data: bytes):
                 dpi = (x * 2.54, y * 2.54) if units == 2 else (float(x), float(y))
         elif marker == 0xE1 and body[:6] == b"Exif\0\0" and exif is None:
             exif = body[6:]
+        elif marker == 0xE1 and body.startswith(XMP_JPEG) and "xmp" not in extra:
+            extra["xmp"] = body[len(XMP_JPEG):]
+        elif marker == 0xED and body.startswith(PHOTOSHOP) and "iptc" not in extra:
+            iptc = _photoshop_iptc(body[len(PHOTOSHOP):])
+            if iptc:
+                extra["iptc"] = iptc
         elif marker == 0xE2 and body[:12] == b"ICC_PROFILE\0" and len(body) > 14:
             icc_parts[body[12]] = body[14:]
         pos += 2 + length
@@ -106,8 +173,26 @@ def _jpeg(data: bytes):
     return exif, icc, dpi
 
 
-def _png(data: bytes):
+def _png_text(body: bytes, compressed: bool) -> tuple[bytes, bytes]:
+    """(keyword, text) of a tEXt / zTXt (compressed) chunk; compressed text inflated up to MAX_XMP_BYTES."""
+    name, _, rest = body.partition(b"\0")
+    return name, _inflate_bounded(rest[1:], MAX_XMP_BYTES) if compressed else rest
+
+
+def _raw_profile(text: bytes) -> bytes | None:
+    """ImageMagick's "Raw profile type X" text: a newline, the name, the length, then hex digits."""
+    parts = text.split(None, 2)
+    if len(parts) < 3 or not parts[1].isdigit() or int(parts[1]) > MAX_IPTC_BYTES:
+        return None
+    try:
+        return bytes.fromhex(parts[2].decode("ascii"))[:int(parts[1])]
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _png(data: bytes, extra: dict):
     exif = icc = dpi = None
+    colour = []
     pos = 8
     while pos + 8 <= len(data):
         length = struct.unpack(">I", data[pos:pos + 4])[0]
@@ -124,11 +209,23 @@ def _png(data: bytes):
             x, y, unit = struct.unpack(">IIB", body)
             if unit == 1 and x and y:
                 dpi = (x * 0.0254, y * 0.0254)
+        elif kind in (b"sRGB", b"gAMA", b"cHRM") and len(body) == {b"sRGB": 1, b"gAMA": 4, b"cHRM": 32}[kind]:
+            colour.append((kind, body))
+        elif kind == b"iTXt" and body.startswith(b"XML:com.adobe.xmp\0") and "xmp" not in extra:
+            # keyword NUL, compression flag, method, language NUL, translated keyword NUL, text
+            flag, rest = body[18:19], body[20:]
+            text = rest.split(b"\0", 2)[-1] if rest.count(b"\0") >= 2 else b""
+            extra["xmp"] = _inflate_bounded(text, MAX_XMP_BYTES) if flag == b"\1" else text
+        elif kind in (b"tEXt", b"zTXt") and body.startswith(b"Raw profile type iptc\0") and "iptc" not in extra:
+            raw = _raw_profile(_png_text(body, kind == b"zTXt")[1])
+            if raw is not None:   # ImageMagick wraps the IIM in Photoshop resources, Exiv2 does not
+                extra["iptc"] = _photoshop_iptc(raw) if raw[:4] == b"8BIM" else raw
         pos += 12 + length
+    extra["png_colour"] = colour
     return exif, icc, dpi
 
 
-def _heif(data: bytes):
+def _heif(data: bytes, extra: dict):
     """EXIF and ICC of a HEIF file (pillow-heif reads its boxes; the profile bounded as for every format)."""
     try:
         import pillow_heif
@@ -141,10 +238,12 @@ def _heif(data: bytes):
         exif = exif[6:]
     icc = info.get("icc_profile")
     icc = _TOO_LARGE if isinstance(icc, bytes) and len(icc) > MAX_ICC_BYTES else icc
+    if isinstance(info.get("xmp"), bytes):
+        extra["xmp"] = info["xmp"]
     return (exif if isinstance(exif, bytes) and exif[:2] in (b"II", b"MM") else None, icc, None)
 
 
-def _pillow(data: bytes):
+def _pillow(data: bytes, extra: dict):
     from PIL import Image
 
     try:
@@ -152,11 +251,21 @@ def _pillow(data: bytes):
             info = dict(im.info)
             # a TIFF's orientation is one of its own tags, not an EXIF block: getexif() has both
             orientation = int(im.getexif().get(0x0112, 1))
+            tags = getattr(im, "tag_v2", None)   # TIFF: XMP (700) and IPTC (33723) are tags of their own
+            if tags is not None:
+                for tag, key in ((700, "xmp"), (33723, "iptc")):
+                    value = tags.get(tag)
+                    if isinstance(value, bytes):
+                        extra[key] = value
+                    elif isinstance(value, tuple) and value and all(isinstance(v, int) for v in value):
+                        extra[key] = bytes(v & 0xFF for v in value[:MAX_IPTC_BYTES + 1])
     except Exception:   # noqa: BLE001 - a format Pillow does not know: nothing to keep
         return None, None, None, 1
     exif = info.get("exif")
     if isinstance(exif, bytes) and exif[:6] == b"Exif\0\0":
         exif = exif[6:]
+    if isinstance(info.get("xmp"), bytes):
+        extra.setdefault("xmp", info["xmp"])
     dpi = info.get("dpi")
     icc = info.get("icc_profile")
     icc = _TOO_LARGE if isinstance(icc, bytes) and len(icc) > MAX_ICC_BYTES else icc
@@ -234,81 +343,3 @@ def _reset_orientation(tiff: bytes) -> bytes | None:
         if tag == 0x0112 and kind == 3:
             out[at + 8:at + 10] = struct.pack(order + "H", 1)
     return bytes(out)
-
-
-# ------------------------------------------------------------------------------------------ writing
-
-
-def describe(record: dict) -> str:
-    """One sentence for people: what this file is."""
-    what = f"sample {record['sample']}" if "sample" in record else f"{record.get('samples', '?')} samples"
-    parts = [f"model {record.get('model', '?')}", what]
-    if "weight" in record:
-        parts.append(f"weight {record['weight']:.3f}")
-    parts.append(f"seed {record.get('seed', 0)}")
-    return f"Colorization by {record.get('colorized_by', 'colorize')} of {record.get('source', '?')} ({', '.join(parts)})"
-
-
-XMP_NS = "http://ns.colorize-cli.org/1.0/"
-
-
-def xmp_packet(record: dict) -> bytes:
-    """An XMP packet: dc:description, xmp:CreatorTool and the record's fields in the colorize namespace."""
-    fields = " ".join(f"colorize:{k}={quoteattr(str(v))}" for k, v in record.items()
-                      if k in ("source", "size", "model", "seed", "sample", "samples", "weight"))
-    text = (
-        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
-        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
-        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" '
-        f'xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:colorize="{XMP_NS}" '
-        f'xmp:CreatorTool={quoteattr(str(record.get("colorized_by", "colorize")))} {fields}>\n'
-        f'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">{escape(describe(record))}</rdf:li></rdf:Alt>'
-        '</dc:description>\n</rdf:Description></rdf:RDF></x:xmpmeta>\n<?xpacket end="r"?>')
-    return readable(text).encode("utf-8")   # a source name that is not UTF-8: its bytes as \xNN
-
-
-def _segment(marker: int, body: bytes) -> bytes:
-    return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
-
-
-def jpeg_segments(meta: ImageMeta | None, record: dict | None) -> bytes:
-    """APP1 Exif, APP1 XMP and APP2 ICC_PROFILE segments for a JPEG output."""
-    out = b""
-    if meta is not None and meta.exif and len(meta.exif) <= MAX_JPEG_EXIF:
-        out += _segment(0xE1, b"Exif\0\0" + meta.exif)
-    if record is not None:
-        out += _segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + xmp_packet(record))
-    if meta is not None and meta.icc:
-        parts = [meta.icc[i:i + ICC_CHUNK] for i in range(0, len(meta.icc), ICC_CHUNK)]
-        if len(parts) < 256:
-            for i, part in enumerate(parts):
-                out += _segment(0xE2, b"ICC_PROFILE\0" + bytes([i + 1, len(parts)]) + part)
-    return out
-
-
-def jfif_density(data: bytes, dpi: tuple[float, float] | None) -> bytes:
-    """A JPEG's bytes with its JFIF header saying ``dpi`` (OpenCV writes one with no unit)."""
-    if not dpi or data[2:4] != b"\xff\xe0" or data[6:11] != b"JFIF\0":
-        return data
-    x, y = (min(65535, max(1, round(v))) for v in dpi)
-    return data[:13] + bytes([1]) + struct.pack(">HH", x, y) + data[18:]
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-def png_chunks(meta: ImageMeta | None, record: dict | None) -> bytes:
-    """iCCP, pHYs, eXIf and iTXt (XMP) chunks for a PNG output, to go after IHDR."""
-    out = b""
-    if meta is not None:
-        if meta.icc:
-            out += _chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(meta.icc))
-        if meta.dpi:
-            out += _chunk(b"pHYs", struct.pack(">IIB", round(meta.dpi[0] / 0.0254), round(meta.dpi[1] / 0.0254), 1))
-        if meta.exif:
-            out += _chunk(b"eXIf", meta.exif)
-    if record is not None:
-        # iTXt: keyword, NUL, compression flag 0, method 0, language tag NUL, translated keyword NUL, text
-        out += _chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + xmp_packet(record))
-    return out

@@ -67,15 +67,16 @@ def png_chunk(record: dict) -> bytes:
 
 def embed(data: bytes, fmt: str, record: dict | None, meta: "ImageMeta | None" = None) -> bytes:
     """Encoded image bytes -> the same image with ``record`` in it, and what ``meta`` keeps of the input
-    (EXIF, ICC profile, DPI) with an XMP description (png, jpg; webp unchanged). The record comes first
-    after the header, where ``read`` finds it in the file's first bytes."""
-    from .metadata import jfif_density, jpeg_segments, png_chunks
+    (EXIF, IPTC, XMP, ICC profile, DPI) edited for a derived file (derived.py; png, jpg; webp unchanged). The
+    record comes first after the header, where ``read`` finds it in the file's first bytes."""
+    from .derived import image_size, jfif_density, jpeg_segments, png_chunks
 
     if record is None and not meta:
         return data
+    size = image_size(fmt, data)
     if fmt == "png" and data[:8] == b"\x89PNG\r\n\x1a\n":
         ihdr_end = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4
-        extra = (png_chunk(record) if record is not None else b"") + png_chunks(meta, record)
+        extra = (png_chunk(record) if record is not None else b"") + png_chunks(meta, record, size)
         return data[:ihdr_end] + extra + data[ihdr_end:]
     if fmt == "jpg" and data[:2] == b"\xff\xd8":
         data = jfif_density(data, meta.dpi if meta else None)
@@ -85,7 +86,7 @@ def embed(data: bytes, fmt: str, record: dict | None, meta: "ImageMeta | None" =
         if record is not None:
             body = JPEG_PREFIX + _payload(record)
             extra += b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body
-        extra += jpeg_segments(meta, record)
+        extra += jpeg_segments(meta, record, size)
         return data[:at] + extra + data[at:]
     return data
 
