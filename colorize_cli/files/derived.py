@@ -36,7 +36,7 @@ import zlib
 
 from ..common.names import readable
 from ..common.version import __version__
-from .metadata import ICC_CHUNK, MAX_JPEG_EXIF, PHOTOSHOP, XMP_JPEG, ImageMeta
+from .metadata import ICC_CHUNK, MAX_JPEG_EXIF, PHOTOSHOP, ImageMeta
 
 XMP_NS = "http://ns.colorize-cli.org/1.0/"
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"

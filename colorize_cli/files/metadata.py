@@ -17,7 +17,6 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-
 #: the largest EXIF block a JPEG APP1 segment holds (65,535 minus the length field and "Exif\0\0")
 MAX_JPEG_EXIF = 65527
 #: an ICC profile larger than this is dropped (with a warning), never decompressed further nor copied into
