@@ -223,3 +223,21 @@ def test_without_source_date_epoch_an_output_says_now(monkeypatch):
     assert made.tzinfo is not None and abs((datetime.datetime.now(datetime.timezone.utc) - made).total_seconds()) < 5
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
     assert derived.now().isoformat() == "2025-12-06T16:00:00+00:00"
+
+
+def test_an_outputs_bytes_do_not_depend_on_the_photos_edited_before_it(monkeypatch):
+    # the XMP toolkit keeps the prefix the last packet it parsed declared for a namespace (process-wide): an
+    # old Photoshop's xap/xapMM must not leak into the next output's XMP
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
+    old = metadata.ImageMeta(xmp=b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+                             b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+                             b'rdf:about="" xmlns:xap="http://ns.adobe.com/xap/1.0/" '
+                             b'xmlns:xapMM="http://ns.adobe.com/xap/1.0/mm/" xap:CreatorTool="Photoshop 7">'
+                             b'<xapMM:DocumentID>uuid:62C1C674</xapMM:DocumentID></rdf:Description></rdf:RDF>'
+                             b'</x:xmpmeta>')
+    record = {"source": "x.jpg", "samples": 1}
+    for fmt in ("jpg", "png"):
+        before = derived.standard_blocks(fmt, None, record, (10, 10))
+        edited = derived.standard_blocks(fmt, old, record, (10, 10))
+        assert derived.standard_blocks(fmt, None, record, (10, 10)) == before
+        assert b"xmlns:xmpMM=" in edited and b"xapMM" not in edited and b"uuid:62C1C674" in edited

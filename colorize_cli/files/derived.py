@@ -56,6 +56,16 @@ XMP_DROPPED = tuple(f"Xmp.tiff.{t}" for t in (
     "SamplesPerPixel", "PlanarConfiguration", "YCbCrSubSampling", "NativeDigest")) + (
     "Xmp.exif.NativeDigest", "Xmp.exif.ComponentsConfiguration", "Xmp.exif.CompressedBitsPerPixel",
     "Xmp.xmp.Thumbnails", "Xmp.xmpMM.DerivedFrom")
+#: the prefixes an output's XMP declares for the namespaces we write: Exiv2's own. The XMP toolkit keeps one
+#: prefix per namespace for the whole process and takes the last one a parsed packet declared (an old
+#: Photoshop's xapMM for xmpMM, say), so without this an output's bytes would depend on the photos edited
+#: before it
+PREFIXES = (("http://ns.adobe.com/xap/1.0/", "xmp"), ("http://ns.adobe.com/xap/1.0/mm/", "xmpMM"),
+            ("http://ns.adobe.com/xap/1.0/sType/ResourceRef#", "stRef"),
+            ("http://ns.adobe.com/xap/1.0/sType/ResourceEvent#", "stEvt"),
+            ("http://purl.org/dc/elements/1.1/", "dc"), ("http://ns.adobe.com/photoshop/1.0/", "photoshop"),
+            ("http://ns.adobe.com/tiff/1.0/", "tiff"), ("http://ns.adobe.com/exif/1.0/", "exif"),
+            ("http://iptc.org/std/Iptc4xmpExt/2008-02-29/", "iptcExt"), (XMP_NS, "colorize"))
 #: the record's fields written as colorize: properties
 RECORD_FIELDS = ("source", "size", "model", "seed", "sample", "samples", "weight", "vividness")
 
@@ -230,14 +240,12 @@ def _edit(fmt: str, meta: ImageMeta | None, record: dict, size: tuple[int, int] 
 
     with _LOCK:
         pyexiv2.set_log_level(4)   # failures come back as exceptions; Exiv2's own lines would reach stderr
-        try:
-            pyexiv2.registerNs(XMP_NS, "colorize")
-        except Exception:   # noqa: BLE001 - already registered in this process
-            pass
         img = pyexiv2.ImageData(_carrier(fmt, meta))
         try:
             if meta is not None and meta.xmp:
                 img.modify_raw_xmp(meta.xmp.decode("utf-8"))
+            for ns, prefix in PREFIXES:   # after the input's packet: its prefixes are not ours (PREFIXES)
+                pyexiv2.registerNs(ns, prefix)
             exif, xmp = img.read_exif(), img.read_xmp()
             img.clear_thumbnail()
             img.modify_exif(_exif_changes(exif, when, size))
