@@ -39,8 +39,9 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def cpu_has_fast_int8() -> bool:
-    """True where oneDNN's u8 x s8 convolutions run on AMX or VNNI units (on plain AVX2 they are no faster
-    than fp32 and accumulate pairs in int16)."""
+    """True where oneDNN's u8 x s8 convolutions run on AMX or VNNI units. On plain AVX2 they are faster than
+    fp32 too (benchmarks/RESULTS.md), but sum pairs of products in int16, so oneDNN halves the weights there
+    (7 bits) and the int8 model measured worse than fp32 in `colorize evaluate`: not a default."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             flags = f.read()

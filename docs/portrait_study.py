@@ -1,0 +1,89 @@
+"""Can the default model tell portraits from scenes by itself (to colorize portraits with `faces`)?
+
+A logistic head on the bundled `general` CVAE's condition-encoder features (what it computes from the 64x64
+grey anyway: the mean of each of its 4 feature maps and the max of the last, 2,944 numbers), trained on 800
+LFW training photos (portraits) against 800 Imagenette training photos (scenes), then scored on held-out
+photos and on real old photos. docs/training.md, "Vividness", has the result.
+
+    python docs/portrait_study.py SHARED/data IMAGENETTE OLD_PHOTOS... [--l2 0.01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from colorize_cli.model.colorizer import Colorizer, prepare
+
+HERE = Path(__file__).resolve().parent
+
+
+def features(colorizer: Colorizer, paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
+    rows, kept = [], []
+    for i in range(0, len(paths), 16):
+        l64 = []
+        for p in paths[i:i + 16]:
+            img = cv2.imread(str(p))
+            if img is not None:
+                l64.append(prepare(img).l64)
+                kept.append(p)
+        with torch.no_grad():
+            grey = colorizer._cvae_grey[torch.from_numpy(np.stack(l64)).long()][:, None]   # (B, 1, 64, 64)
+            maps = colorizer.cvae.cond_encoder(grey)                                       # 32, 16, 8, 4 px
+        rows.append(torch.cat([m.mean((2, 3)) for m in maps] + [maps[-1].amax((2, 3))], 1).double().numpy())
+    return np.concatenate(rows), kept
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("shared_data", type=Path, help="the folder holding lfw-deepfunneled/ and lfw-splits/")
+    ap.add_argument("imagenette", type=Path, help="Imagenette (train/, val/)")
+    ap.add_argument("old", type=Path, nargs="*", help="folders of real old photos, scored photo by photo")
+    ap.add_argument("--l2", type=float, default=1e-2)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    rnd = random.Random(0)
+    colorizer = Colorizer.load("general", "cpu", bf16=False, int8=False, cpu_streams=1)
+    lfw = [a.shared_data / r for r in (a.shared_data / "lfw-splits" / "train.txt").read_text().split()]
+    scenes = sorted((a.imagenette / "train").glob("*/*"))
+    xp, _ = features(colorizer, rnd.sample(lfw, 800))
+    xn, _ = features(colorizer, rnd.sample(scenes, 800))
+    x = np.concatenate([xp, xn])
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xt, yt = torch.tensor((x - mu) / sd), torch.tensor(np.r_[np.ones(len(xp)), np.zeros(len(xn))])
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500)
+
+    def loss():
+        opt.zero_grad()
+        value = F.binary_cross_entropy_with_logits(xt @ w + b, yt) + a.l2 * (w * w).sum()
+        value.backward()
+        return value
+
+    opt.step(loss)
+
+    def portrait(paths):
+        f, kept = features(colorizer, paths)
+        return torch.sigmoid(torch.tensor((f - mu) / sd) @ w + b).detach().numpy(), kept
+
+    held = {"LFW test (300)": [a.shared_data / r for r in (a.shared_data / "lfw-splits" / "test.txt").read_text().split()[:300]],
+            "Imagenette val (300)": [a.imagenette / "val" / r for r in (HERE / "general-val-test1000.txt").read_text().split()[:300]]}
+    for name, paths in held.items():
+        p, _ = portrait(paths)
+        print(f"{name}: taken for portraits {np.mean(p > 0.5):.1%}")
+    old = sorted(p for d in a.old for p in d.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if old:
+        p, kept = portrait(old)
+        for q, path in sorted(zip(p, kept), key=lambda t: -t[0]):
+            print(f"  {q:.3f}  {path.name}")
+
+
+if __name__ == "__main__":
+    main()
