@@ -1,11 +1,12 @@
 """Can the default model tell portraits from scenes by itself (to colorize portraits with `faces`)?
 
-A logistic head on the bundled `general` CVAE's condition-encoder features (what it computes from the 64x64
-grey anyway: the mean of each of its 4 feature maps and the max of the last, 2,944 numbers), trained on 800
-LFW training photos (portraits) against 800 Imagenette training photos (scenes), then scored on held-out
-photos and on real old photos. docs/training.md, "Vividness", has the result.
+A logistic head on features the bundled `general` computes anyway, trained on LFW training photos
+(portraits) against as many Imagenette training photos (scenes), then scored on held-out photos and on real
+old photos, photo by photo. Features: ``cond``, its CVAE condition encoder's (the 64x64 grey's: the mean of
+each of its 4 feature maps and the max of the last, 2,944 numbers; nearly free), or ``vgg``, VGG16 relu4_3's
+(mean and max per channel, 1,024 numbers). docs/training.md, "Vividness", has the results.
 
-    python docs/portrait_study.py SHARED/data IMAGENETTE OLD_PHOTOS... [--l2 0.01]
+    python docs/portrait_study.py SHARED/data IMAGENETTE OLD_PHOTOS... [--features vgg] [--per-class 500] [--l2 3]
 """
 
 from __future__ import annotations
@@ -24,17 +25,22 @@ from colorize_cli.model.colorizer import Colorizer, prepare
 HERE = Path(__file__).resolve().parent
 
 
-def features(colorizer: Colorizer, paths: list[Path]) -> tuple[np.ndarray, list[Path]]:
+def features(colorizer: Colorizer, paths: list[Path], kind: str) -> tuple[np.ndarray, list[Path]]:
     rows, kept = [], []
     for i in range(0, len(paths), 16):
-        l64 = []
+        preps = []
         for p in paths[i:i + 16]:
             img = cv2.imread(str(p))
             if img is not None:
-                l64.append(prepare(img).l64)
+                preps.append(prepare(img))
                 kept.append(p)
         with torch.no_grad():
-            grey = colorizer._cvae_grey[torch.from_numpy(np.stack(l64)).long()][:, None]   # (B, 1, 64, 64)
+            if kind == "vgg":
+                grey = colorizer._vgg_grey[torch.from_numpy(np.stack([q.l224 for q in preps])).long()]
+                f = colorizer.vgg(grey)                                                    # (B, 512, 28, 28)
+                rows.append(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1).double().numpy())
+                continue
+            grey = colorizer._cvae_grey[torch.from_numpy(np.stack([q.l64 for q in preps])).long()][:, None]
             maps = colorizer.cvae.cond_encoder(grey)                                       # 32, 16, 8, 4 px
         rows.append(torch.cat([m.mean((2, 3)) for m in maps] + [maps[-1].amax((2, 3))], 1).double().numpy())
     return np.concatenate(rows), kept
@@ -45,15 +51,18 @@ def main() -> None:
     ap.add_argument("shared_data", type=Path, help="the folder holding lfw-deepfunneled/ and lfw-splits/")
     ap.add_argument("imagenette", type=Path, help="Imagenette (train/, val/)")
     ap.add_argument("old", type=Path, nargs="*", help="folders of real old photos, scored photo by photo")
+    ap.add_argument("--features", choices=["cond", "vgg"], default="cond")
+    ap.add_argument("--per-class", type=int, default=800, help="training photos of each kind")
     ap.add_argument("--l2", type=float, default=1e-2)
+    ap.add_argument("--held-out", type=int, default=300, help="held-out photos of each kind")
     a = ap.parse_args()
     torch.manual_seed(0)
     rnd = random.Random(0)
     colorizer = Colorizer.load("general", "cpu", bf16=False, int8=False, cpu_streams=1)
     lfw = [a.shared_data / r for r in (a.shared_data / "lfw-splits" / "train.txt").read_text().split()]
     scenes = sorted((a.imagenette / "train").glob("*/*"))
-    xp, _ = features(colorizer, rnd.sample(lfw, 800))
-    xn, _ = features(colorizer, rnd.sample(scenes, 800))
+    xp, _ = features(colorizer, rnd.sample(lfw, a.per_class), a.features)
+    xn, _ = features(colorizer, rnd.sample(scenes, a.per_class), a.features)
     x = np.concatenate([xp, xn])
     mu, sd = x.mean(0), x.std(0) + 1e-6
     xt, yt = torch.tensor((x - mu) / sd), torch.tensor(np.r_[np.ones(len(xp)), np.zeros(len(xn))])
@@ -70,11 +79,13 @@ def main() -> None:
     opt.step(loss)
 
     def portrait(paths):
-        f, kept = features(colorizer, paths)
+        f, kept = features(colorizer, paths, a.features)
         return torch.sigmoid(torch.tensor((f - mu) / sd) @ w + b).detach().numpy(), kept
 
-    held = {"LFW test (300)": [a.shared_data / r for r in (a.shared_data / "lfw-splits" / "test.txt").read_text().split()[:300]],
-            "Imagenette val (300)": [a.imagenette / "val" / r for r in (HERE / "general-val-test1000.txt").read_text().split()[:300]]}
+    lfw_test = (a.shared_data / "lfw-splits" / "test.txt").read_text().split()[:a.held_out]
+    val = (HERE / "general-val-test1000.txt").read_text().split()[:a.held_out]
+    held = {f"LFW test ({a.held_out})": [a.shared_data / r for r in lfw_test],
+            f"Imagenette val ({a.held_out})": [a.imagenette / "val" / r for r in val]}
     for name, paths in held.items():
         p, _ = portrait(paths)
         print(f"{name}: taken for portraits {np.mean(p > 0.5):.1%}")

@@ -245,7 +245,10 @@ def _edit(fmt: str, meta: ImageMeta | None, record: dict, size: tuple[int, int] 
             if meta is not None and meta.xmp:
                 img.modify_raw_xmp(meta.xmp.decode("utf-8"))
             for ns, prefix in PREFIXES:   # after the input's packet: its prefixes are not ours (PREFIXES)
-                pyexiv2.registerNs(ns, prefix)
+                try:
+                    pyexiv2.registerNs(ns, prefix)
+                except Exception:   # noqa: BLE001 - an Exiv2 that refuses a known prefix keeps its own
+                    pass
             exif, xmp = img.read_exif(), img.read_xmp()
             img.clear_thumbnail()
             img.modify_exif(_exif_changes(exif, when, size))
