@@ -6,7 +6,8 @@ old photos, photo by photo. Features: ``cond``, its CVAE condition encoder's (th
 each of its 4 feature maps and the max of the last, 2,944 numbers; nearly free), or ``vgg``, VGG16 relu4_3's
 (mean and max per channel, 1,024 numbers). docs/training.md, "Vividness", has the results.
 
-    python docs/portrait_study.py SHARED/data IMAGENETTE OLD_PHOTOS... [--features vgg] [--per-class 500] [--l2 3]
+    python docs/portrait_study.py SHARED/data IMAGENETTE OLD_PHOTOS... \
+        [--features vgg] [--per-class 500] [--held-out 200] [--l2 3]
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import argparse
 import random
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from colorize_cli.files.imageio import ImageReadError, read_image
+from colorize_cli.model.color import grey_from_l, normalize_u8
 from colorize_cli.model.colorizer import Colorizer, prepare
 
 HERE = Path(__file__).resolve().parent
@@ -30,17 +32,18 @@ def features(colorizer: Colorizer, paths: list[Path], kind: str) -> tuple[np.nda
     for i in range(0, len(paths), 16):
         preps = []
         for p in paths[i:i + 16]:
-            img = cv2.imread(str(p))
-            if img is not None:
-                preps.append(prepare(img))
-                kept.append(p)
+            try:
+                preps.append(prepare(read_image(p).bgr))   # as `colorize` reads a photo
+            except ImageReadError:
+                continue
+            kept.append(p)
         with torch.no_grad():
             if kind == "vgg":
-                grey = colorizer._vgg_grey[torch.from_numpy(np.stack([q.l224 for q in preps])).long()]
-                f = colorizer.vgg(grey)                                                    # (B, 512, 28, 28)
+                grey = torch.from_numpy(grey_from_l(np.stack([q.l224 for q in preps])))   # (B, 224, 224)
+                f = colorizer.vgg(grey)                                                   # (B, 512, 28, 28)
                 rows.append(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1).double().numpy())
                 continue
-            grey = colorizer._cvae_grey[torch.from_numpy(np.stack([q.l64 for q in preps])).long()][:, None]
+            grey = torch.from_numpy(normalize_u8(np.stack([q.l64 for q in preps])))[:, None]   # (B,1,64,64)
             maps = colorizer.cvae.cond_encoder(grey)                                       # 32, 16, 8, 4 px
         rows.append(torch.cat([m.mean((2, 3)) for m in maps] + [maps[-1].amax((2, 3))], 1).double().numpy())
     return np.concatenate(rows), kept

@@ -109,8 +109,8 @@ def test_bundled_model_int8_close_to_fp32_on_real_photos(shared, name):
     diff = np.abs(a - b)
     # faces on an AMX CPU: over 64 LFW test photos x 8 samples, mean 0.0026 against bf16's 0.0009 (ab in
     # [-1, 1]). Without VNNI/AMX, oneDNN's u8 x s8 path sums pairs of products in saturating int16 first:
-    # faces 0.013 and general 0.023 on an AVX2-only CPU, where `colorize evaluate` measured the loss (RESULTS.md):
-    # why int8 is a default only where those units are
+    # faces 0.013 and general 0.023 on an AVX2-only CPU, where `colorize evaluate` measured the loss
+    # (benchmarks/RESULTS.md): why int8 is a default only where those units are
     from colorize_cli.model.device import cpu_has_fast_int8
 
     bound = 0.01 if name == "faces" and cpu_has_fast_int8() else 0.05
