@@ -99,3 +99,48 @@ def test_refine_drops_a_stale_ranking_record(tmp_path, bundle, synthetic_dataset
     assert _refine(["--epochs", "1"], ranked, synthetic_dataset, out, views_cache).exit_code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert "ranking" not in manifest and "ranking" in manifest["refine"]["note"]
+
+
+def test_refine_with_the_decoder_and_enhanced_targets_resumes_and_writes_the_decoder(tmp_path, bundle,
+                                                                                    synthetic_dataset, views_cache):
+    opts = ["--target-gain", "1.2", "--decoder-lr", "1e-3"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    r = _refine(opts + ["--epochs", "2"], bundle, synthetic_dataset, whole, views_cache)
+    assert r.exit_code == 0, r.output
+    assert _refine(opts + ["--epochs", "1"], bundle, synthetic_dataset, parts, views_cache).exit_code == 0
+    assert _refine(["--epochs", "2", "--resume"], bundle, synthetic_dataset, parts, views_cache).exit_code == 0
+    config = json.loads((parts / "manifest.json").read_text())["refine"]["config"]
+    assert config["target_gain"] == 1.2 and config["decoder_lr"] == 1e-3      # resumed with the run's settings
+    a = refine.read_checkpoint(whole / refine.STATE_FILE, "refine")["trainer"]
+    b = refine.read_checkpoint(parts / refine.STATE_FILE, "refine")["trainer"]
+    for key in a["decoder"]:
+        assert torch.allclose(a["decoder"][key], b["decoder"][key], atol=1e-6), key
+
+    old, new = Colorizer.load(str(bundle), "cpu", bf16=False), Colorizer.load(str(whole), "cpu", bf16=False)
+    moved = [k for k, v in old.cvae.decoder.state_dict().items()
+             if not torch.equal(v, new.cvae.decoder.state_dict()[k])]
+    assert "conv5.weight" in moved and "bn1.weight" in moved
+    assert not any(k.endswith(("running_mean", "running_var")) for k in moved)     # statistics kept
+    for k, v in old.cvae.cond_encoder.state_dict().items():
+        assert torch.equal(v, new.cvae.cond_encoder.state_dict()[k]), k
+    assert refine.trunk_digest(bundle) == refine.trunk_digest(whole)    # views kept for it stay valid
+    # the written decoder is what the training state holds, stored as the bundle stores weights (int8 per row)
+    for k, v in a["decoder"].items():
+        got = new.cvae.state_dict()[k].float()
+        if v.ndim >= 2:
+            step = v.reshape(len(v), -1).abs().amax(1) / 127
+            assert ((got - v).reshape(len(v), -1).abs() <= step[:, None] / 2 + 1e-6).all(), k
+        else:
+            assert torch.equal(got, v), k
+
+
+def test_enhanced_targets_push_the_truth_away_from_grey_within_range(bundle):
+    trainer = refine.MeanTrainer(Colorizer.load(str(bundle), "cpu", bf16=False, int8=False), refine.RefineConfig())
+    ab = np.array([128, 138, 108, 250, 3], np.uint8)
+    views = refine.Views(np.zeros((1, trainer.c.mdn.fc.in_features), np.float32), np.full((1, 64, 64), 50, np.uint8),
+                         np.broadcast_to(np.resize(ab, (64, 64)), (1, 2, 64, 64)).copy())
+    _, _, truth = trainer._batch(views)
+    _, _, pushed = trainer._batch(views, 1.5)
+    assert torch.equal(pushed, (truth * 1.5).clamp(-1, 1))
+    assert pushed.abs().max() <= 1 and (pushed.abs() >= truth.abs()).all()
+    assert torch.equal(pushed[truth == 0], truth[truth == 0])          # grey stays grey

@@ -210,17 +210,23 @@ def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--bf16/--no-bf16", default=None,
               help="bf16 autocast of the decoder (default: on for CUDA and for CPUs with AMX/AVX512-BF16)")
+@click.option("--target-gain", type=click.FloatRange(min=1.0, max=2.0), default=1.0, show_default=True,
+              help="colour-enhanced targets: train towards the true ab times this (clipped to the ab range); "
+                   "held-out errors stay against the truth")
+@click.option("--decoder-lr", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="also fine-tune the CVAE decoder at this learning rate (0: the decoder stays frozen)")
 @click.option("--resume", is_flag=True,
               help="go on from the training state in --out, with its settings (--epochs: the new total)")
 def train_refine_cmd(data, train_list, model, out, test_data, test_list, images, cache_dir, device, epochs, lr,
-                     batch_size, seed, bf16, resume):
+                     batch_size, seed, bf16, target_gain, decoder_lr, resume):
     """Optional stage: fine-tune a model's 8 means so that the best of its samples comes closer to real
     colours (best-of-K colour loss through the frozen decoder). Re-fit the weights after it with
     `colorize train ranking`."""
     from ..training.refine import RefineConfig, train_refine
 
     dev = _resolve_device(device)
-    cfg = RefineConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, bf16=_bf16_default(bf16, dev))
+    cfg = RefineConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, bf16=_bf16_default(bf16, dev),
+                       target_gain=target_gain, decoder_lr=decoder_lr)
     _run_bundle_stage(data, train_list, images, test_data, test_list,
                       lambda sources, test, rep: train_refine(model, sources, out, cfg, dev, test, rep, resume,
                                                               cache_dir))

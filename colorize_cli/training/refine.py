@@ -52,6 +52,12 @@ class RefineConfig:
     bf16: bool = False             # autocast the decoder (the loss and the weights stay fp32)
     seed: int = 0
     grey_chroma: float = GREY_CHROMA   # photos with less mean chroma (CIE units at 64x64) have no colour truth
+    # colour-enhanced targets (DDColor trains on the truth pushed x1.2 away from grey): the training target is
+    # the true ab times this, clipped to the ab range; held-out errors are always against the truth itself
+    target_gain: float = 1.0
+    # > 0: the CVAE decoder is fine-tuned too (its weights and BatchNorm affines, the running statistics kept),
+    # at this learning rate, on the same best-of-K loss; 0 keeps it frozen (the stage's original recipe)
+    decoder_lr: float = 0.0
 
 
 @dataclass
@@ -126,13 +132,21 @@ class MeanTrainer:
         self.opt = torch.optim.Adam([self.weight, self.bias], lr=cfg.lr)
         for p in colorizer.cvae.parameters():
             p.requires_grad_(False)
-        colorizer.cvae.eval()        # BatchNorm keeps its running statistics; only the means move
+        colorizer.cvae.eval()        # BatchNorm keeps its running statistics; only the means (and decoder) move
+        self.decoder_opt = None
+        if cfg.decoder_lr > 0:
+            params = list(colorizer.cvae.decoder.parameters())
+            for p in params:
+                p.requires_grad_(True)
+            self.decoder_opt = torch.optim.Adam(params, lr=cfg.decoder_lr)
 
-    def _batch(self, views: Views) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _batch(self, views: Views, gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dev = self.c.device
         h = torch.from_numpy(views.h).to(dev)
         grey = self.c._cvae_grey[torch.from_numpy(views.l64).to(dev).long()][:, None]   # (B, 1, 64, 64)
         truth = torch.from_numpy(normalize_u8(views.ab64)).to(dev)                       # (B, 2, 64, 64)
+        if gain != 1.0:
+            truth = (truth * gain).clamp(-1.0, 1.0)     # the decoder's tanh range
         return h, grey, truth
 
     @staticmethod
@@ -159,7 +173,7 @@ class MeanTrainer:
 
     def step(self, views: Views) -> float:
         """One optimiser step on a batch; returns its mean best-of-K error."""
-        h, grey, truth = self._batch(views)
+        h, grey, truth = self._batch(views, self.cfg.target_gain)
         b = len(h)
         means = self._means(h)
         with torch.no_grad(), autocast(self.c.device, self.cfg.bf16):
@@ -170,19 +184,37 @@ class MeanTrainer:
             ab_best = self.c.cvae.decoder(means[torch.arange(b), best], *feats)          # (B, 2, 64, 64)
         loss = self._distance(ab_best[:, None], truth)[:, 0].mean()
         self.opt.zero_grad(set_to_none=True)
+        if self.decoder_opt is not None:
+            self.decoder_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        if self.decoder_opt is not None:
+            self.decoder_opt.step()
         return float(loss.detach())
 
+    def decoder_state(self) -> dict | None:
+        """The decoder's fp32 state (``decoder.*`` keys, as bundles store it) when it is fine-tuned, else None."""
+        if self.decoder_opt is None:
+            return None
+        return {f"decoder.{k}": v.detach().float().cpu().clone()
+                for k, v in self.c.cvae.decoder.state_dict().items()}
+
     def state(self) -> dict:
-        return {"weight": self.weight.detach().clone(), "bias": self.bias.detach().clone(),
-                "optimizer": self.opt.state_dict()}
+        state = {"weight": self.weight.detach().clone(), "bias": self.bias.detach().clone(),
+                 "optimizer": self.opt.state_dict()}
+        if self.decoder_opt is not None:
+            state["decoder"] = self.decoder_state()
+            state["decoder_optimizer"] = self.decoder_opt.state_dict()
+        return state
 
     def load_state(self, state: dict) -> None:
         with torch.no_grad():
             self.weight.copy_(state["weight"])
             self.bias.copy_(state["bias"])
         self.opt.load_state_dict(state["optimizer"])
+        if self.decoder_opt is not None:
+            self.c.cvae.decoder.load_state_dict({k[len("decoder."):]: v for k, v in state["decoder"].items()})
+            self.decoder_opt.load_state_dict(state["decoder_optimizer"])
 
 
 def grey_error(views: Views) -> np.ndarray:
@@ -195,17 +227,25 @@ def best_vs_grey(errors: np.ndarray, grey: np.ndarray) -> float:
 
 
 def write_rows(source: Path, out: Path, rows: slice, weight: torch.Tensor, bias: torch.Tensor,
-               key: str, record: dict, drop: tuple[str, ...] = ()) -> Path:
+               key: str, record: dict, drop: tuple[str, ...] = (), decoder: dict | None = None) -> Path:
     """A copy of the bundle in ``source`` with ``rows`` of its MDN's last layer replaced and ``record`` under
-    ``key`` in its manifest (records named in ``drop`` removed). Other parts are copied as they are (shared
+    ``key`` in its manifest (records named in ``drop`` removed); ``decoder`` (an fp32 ``decoder.*`` state)
+    replaces its decoder, stored as the bundle stores its weights. Other parts are copied as they are (shared
     parts, such as the bundled models' vgg.pt, are copied in). Each file is written atomically."""
     from ..model.bundle import read_manifest
     from ..model.checkpoint import dequantize_state, quantize_state
     from ..model.registry import part_path
 
     manifest = read_manifest(source)
+    mode = manifest.get("quantization", "fp32")
+    mode = mode if mode in ("int8", "fp16") else "fp32"
     out.mkdir(parents=True, exist_ok=True)
+    if decoder is not None:
+        with atomic_write(out / "decoder.pt") as f:
+            torch.save(quantize_state(decoder, mode), f)
     for name in ("cond_encoder", "decoder", "vgg"):
+        if name == "decoder" and decoder is not None:
+            continue
         src = part_path(source, manifest, name)
         if src.resolve() != (out / f"{name}.pt").resolve():
             with atomic_write(out / f"{name}.pt") as f, open(src, "rb") as r:
@@ -214,9 +254,8 @@ def write_rows(source: Path, out: Path, rows: slice, weight: torch.Tensor, bias:
     state = dequantize_state(stored)
     state["fc.weight"][rows] = weight
     state["fc.bias"][rows] = bias
-    mode = manifest.get("quantization", "fp32")
     # quantized per output row: rows not replaced come back bit for bit (their scale is unchanged)
-    new = quantize_state(state, mode if mode in ("int8", "fp16") else "fp32")
+    new = quantize_state(state, mode)
     with atomic_write(out / "mdn.pt") as f:
         torch.save(new, f)
     if (source / "int8.json").is_file() and source.resolve() != out.resolve():
@@ -360,7 +399,7 @@ def train_refine(model: str | None, sources: list[tuple[str, list[str]]], out: s
                   "note": "the weight logits were the source's, fitted to its old means: re-fit them with "
                           "`colorize train ranking`"}
         write_rows(source, out, mean_rows(colorizer), trainer.weight.detach(), trainer.bias.detach(),
-                   "refine", record, drop=("ranking",))
+                   "refine", record, drop=("ranking",), decoder=trainer.decoder_state())
         save_checkpoint(state_path, "refine", {"source": str(source), "config": asdict(cfg), "epoch": epoch + 1,
                                                 "history": history, "trainer": trainer.state()})
         held_text = f", held-out best {entry['held_best_vs_grey']:.4f}x grey" if held_views is not None else ""
