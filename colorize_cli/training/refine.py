@@ -14,6 +14,10 @@ that one's colour error (mean per-pixel ab distance at 64x64, the error-of-best 
 the frozen decoder. The last layer's input h does not change, so it is computed once per photo (VGG and
 the trunk, the slow part) and kept; an epoch then costs K + 1 decodes and one decoder backward per photo.
 
+Optionally (``decoder_lr`` > 0) the decoder learns on the same loss too, and (``target_gain`` > 1) towards
+colour-enhanced targets: a decoder trained on best-of-K alone turns cautious, enhanced targets keep its
+samples colourful (docs/training.md, Vividness). h still does not change, so kept views stay valid.
+
 The weight logits are left as they were: they ranked the old means, so run ``colorize train ranking`` on
 the result (the manifest's ``refine`` record says so, and a ``ranking`` record of the source is dropped).
 """
