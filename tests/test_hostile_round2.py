@@ -430,3 +430,25 @@ def test_pillows_warnings_about_a_file_do_not_reach_stderr(tmp_path, tiny_run):
     assert r.returncode == 0, r.stderr
     assert "Warning" not in r.stderr and "Corrupt EXIF" not in r.stderr, r.stderr
     assert all("bad-exif" in ln or ln.startswith("colorize: 1 colorized") for ln in r.stderr.splitlines())
+
+
+@pytest.mark.parametrize("case", ["nested", "large"])
+def test_a_model_folders_json_is_read_within_bounds(tmp_path, tiny_run, case):
+    from colorize_cli.model.bundle import export_bundle
+    from colorize_cli.model.int8 import Int8Calibration, Int8Error, int8_verified
+
+    bundle = export_bundle(tiny_run, tmp_path / "bundle", "int8")
+    manifest = (bundle / "manifest.json").read_text()
+    # a manifest that is valid JSON but nested 100,000 levels (json.loads would raise RecursionError) or
+    # 2 MB long (read no further than the bound)
+    bad = "[" * 100_000 + "]" * 100_000 if case == "nested" else manifest[:-2] + ' ' * (2 << 20) + "}\n"
+    (bundle / "manifest.json").write_text(bad)
+    (bundle / "int8.json").write_text(bad)
+    photo = _photo(tmp_path / "in.jpg")
+    r = _colorize(photo, "--model", bundle, "--device", "cpu")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "manifest.json" in lines[0], r.stderr
+    assert not int8_verified(bundle)
+    with pytest.raises(Int8Error, match="int8.json"):
+        Int8Calibration.load(bundle / "int8.json")

@@ -144,3 +144,14 @@ def test_enhanced_targets_push_the_truth_away_from_grey_within_range(bundle):
     assert torch.equal(pushed, (truth * 1.5).clamp(-1, 1))
     assert pushed.abs().max() <= 1 and (pushed.abs() >= truth.abs()).all()
     assert torch.equal(pushed[truth == 0], truth[truth == 0])          # grey stays grey
+
+
+def test_refining_a_refined_model_keeps_its_record(tmp_path, bundle, synthetic_dataset, views_cache):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _refine(["--epochs", "1"], bundle, synthetic_dataset, first, views_cache).exit_code == 0
+    r = _refine(["--epochs", "1", "--lr", "1e-2"], first, synthetic_dataset, second, views_cache)
+    assert r.exit_code == 0, r.output
+    a = json.loads((first / "manifest.json").read_text())["refine"]
+    b = json.loads((second / "manifest.json").read_text())["refine"]
+    assert "earlier" not in a                            # the exported bundle was never refined
+    assert b["earlier"] == a and b["config"]["lr"] == 1e-2    # the new means started from the first run's

@@ -24,7 +24,7 @@ from .checkpoint import (
 )
 from .int8 import CALIBRATION_FILE, Int8Calibration
 from .networks import MDN, CVAEConfig, InferenceCVAE, MDNConfig
-from .registry import DEFAULT_MODEL, PARTS, bundled_path, part_path
+from .registry import DEFAULT_MODEL, PARTS, bundled_path, part_path, read_model_json
 from .vgg import build_vgg
 
 BUNDLE_FORMAT = "colorize-bundle"
@@ -78,9 +78,9 @@ def _build(cvae_cfg: dict, mdn_cfg: dict, cvae_state: dict, mdn_state: dict, vgg
 def read_manifest(folder: Path) -> dict:
     """A bundle's manifest.json, checked for shape (format, the two configs as objects, every part there)."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        manifest = read_model_json(folder / "manifest.json")
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read bundle manifest in {folder}: {err}") from err
+        raise CheckpointError(f"cannot read {folder / 'manifest.json'}: {err}") from err
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{folder} is not a colorize bundle")
     for key in ("cvae_config", "mdn_config"):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..common.atomic import atomic_write
 from .color import VGG_SIZE
 from .networks import MDN, split_mixture
-from .registry import resolve_model
+from .registry import read_model_json, resolve_model
 from .vgg import GreyVGGFeatures
 
 CALIBRATION_FILE = "int8.json"
@@ -66,7 +66,7 @@ class Int8Calibration:
     def load(cls, path: str | os.PathLike) -> "Int8Calibration":
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_model_json(path)
         except (OSError, ValueError) as err:
             raise Int8Error(f"cannot read int8 calibration {path}: {err}") from err
         if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
@@ -294,11 +294,10 @@ def int8_verified(folder) -> bool:
     """Whether a model's int8 results were measured against its float ones (``card.int8_default`` in its
     manifest: `colorize evaluate --int8` against without, on its test sets, showed no measurable loss).
     Only such models get --int8 by default; any model with an int8.json can still ask for it."""
-    import json
     from pathlib import Path
 
     try:
-        manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+        manifest = read_model_json(Path(folder) / "manifest.json")
         return bool(manifest.get("card", {}).get("int8_default", False))
     except (OSError, ValueError, AttributeError):
         return False

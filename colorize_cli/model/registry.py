@@ -8,7 +8,6 @@ their manifests' ``part_files``. The model card facts (training data, metrics) l
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -95,11 +94,25 @@ class ModelInfo:
                 "size_bytes": self.size_bytes, "default": self.default}
 
 
+#: a model folder's JSON files (manifest.json, int8.json) are a few KB, nested a few levels (a refined model
+#: keeps its source's record under "earlier", one level per refinement); anything beyond is refused unread
+MAX_MODEL_JSON_BYTES = 1 << 20
+MAX_MODEL_JSON_DEPTH = 64
+
+
+def read_model_json(path: Path):
+    """A JSON file of a model folder, bounded in size and nesting (a folder may come from anyone):
+    OSError when it cannot be read, ValueError when it is too large, too deep or not JSON."""
+    from ..common import jsonsafe
+
+    return jsonsafe.read_file(path, MAX_MODEL_JSON_BYTES, MAX_MODEL_JSON_DEPTH)
+
+
 def model_info(name: str) -> ModelInfo | None:
     folder = bundled_path(name)
     if folder is None:
         return None
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_model_json(folder / "manifest.json")
     card = manifest.get("card", {}) if isinstance(manifest.get("card"), dict) else {}
     size = sum(part_path(folder, manifest, part).stat().st_size for part in PARTS)
     return ModelInfo(name, folder, str(card.get("data", "")), dict(card.get("metrics", {})), size,

@@ -358,6 +358,9 @@ def train_refine(model: str | None, sources: list[tuple[str, list[str]]], out: s
     colorizer = Colorizer.load(str(source), device, int8=False)
 
     trunk = trunk_digest(source) if cache_dir is not None else ""
+    # a source that was itself refined keeps its record under "earlier": the new means start from its means
+    from ..model.bundle import read_manifest
+    earlier = read_manifest(source).get("refine")
 
     def gather(label: str, root: str, rels: list[str]) -> Views:
         return gather_views(colorizer, label, root, rels, reporter, cfg.grey_chroma, cache_dir, trunk)
@@ -402,6 +405,8 @@ def train_refine(model: str | None, sources: list[tuple[str, list[str]]], out: s
                   "data": [{"root": str(root), "images": len(rels)} for root, rels in sources],
                   "note": "the weight logits were the source's, fitted to its old means: re-fit them with "
                           "`colorize train ranking`"}
+        if isinstance(earlier, dict):
+            record["earlier"] = earlier
         write_rows(source, out, mean_rows(colorizer), trainer.weight.detach(), trainer.bias.detach(),
                    "refine", record, drop=("ranking",), decoder=trainer.decoder_state())
         save_checkpoint(state_path, "refine", {"source": str(source), "config": asdict(cfg), "epoch": epoch + 1,
