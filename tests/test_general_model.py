@@ -152,6 +152,10 @@ def test_models_command_and_unknown_name(tmp_path):
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [r["name"] for r in rows] == ["general", "faces"] and rows[0]["default"]
     assert all(r["data"] and r["size_bytes"] > 30 * 2**20 for r in rows)
+    # each bundled model's card carries sample 1's colourfulness on both test sets, and the table shows it
+    assert all(0 < r["metrics"][t]["sample1_colourfulness_vs_truth"] < 2 for r in rows for t in ("imagenette", "lfw"))
+    table = CliRunner().invoke(main, ["models"])
+    assert table.exit_code == 0 and table.output.count("; colour ") == 4, table.output
     photo = tmp_path / "p.jpg"
     cv2.imwrite(str(photo), synthetic_photo(np.random.default_rng(0)))
     bad = CliRunner().invoke(main, [str(photo), "--model", "landscapes"])
@@ -215,7 +219,7 @@ def test_library_accepts_what_a_user_has(tmp_path, tiny_run):
 @pytest.mark.parametrize("model, best, top1", [("general", 0.85, 1.05), ("faces", 0.75, 1.0)])
 def test_bundled_weights_colour_real_portraits(model, best, top1):
     # the shipped files as a user gets them, on 48 real LFW test photos (identities never trained on); on
-    # these 48: general 0.78x / 0.99x grey, faces 0.68x / 0.92x (the 1,000: docs/model-card.md). Catches a
+    # these 48: general 0.71x / 0.97x grey, faces 0.68x / 0.92x (the 1,000: docs/model-card.md). Catches a
     # packaging slip (a wrong part, a bad re-quantization) that no synthetic test would.
     require(LFW_SPLITS / "test.txt")
     r = CliRunner().invoke(main, ["evaluate", str(LFW_SPLITS.parent), "--list", str(LFW_SPLITS / "test.txt"),

@@ -58,3 +58,27 @@ def test_vividness_through_run_pick_and_gallery(tmp_path, tiny_run):
     assert data["photos"][0]["vividness"] == 2.0 and "--vividness 2.0" in data["command"]
     bad = CliRunner().invoke(main, [str(photo), "--model", str(tiny_run), "--vividness", "3"])
     assert bad.exit_code == 2
+
+
+def test_old_photos_colour_script_measures_each_distinct_photo_once(tmp_path, tiny_run):
+    # docs/old_photos_colour.py gives the "median colourfulness of sample 1 on old photos"
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"p{i}.jpg"), synthetic_photo(np.random.default_rng(i), 40, 56))
+    (folder / "copy.jpg").write_bytes((folder / "p0.jpg").read_bytes())      # counted once
+    (folder / "broken.png").write_bytes(b"not a png")                          # reported, skipped
+    proc = subprocess.run([sys.executable, str(REPO / "docs" / "old_photos_colour.py"), str(folder),
+                           "--model", str(tiny_run), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "broken.png" in proc.stderr
+    result = json.loads(proc.stdout)[str(tiny_run)]
+    assert [p["photo"] for p in result["photos"]] == ["copy.jpg", "p1.jpg"]    # name order, p0 is copy's twin
+    s1 = [p["sample1"] for p in result["photos"]]
+    assert result["summary"]["photos"] == 2 and result["summary"]["sample1_median"] == np.median(s1)
+    assert all(p["sample1"] >= 0 and p["mean"] >= 0 for p in result["photos"])

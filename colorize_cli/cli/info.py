@@ -56,11 +56,18 @@ def models_cmd(as_json):
     from rich.table import Table
 
     table = Table(title="bundled models (--model NAME)")
-    for col in ("name", "trained on", "held-out metrics (error vs grey's: best of 8 / most probable)", "size"):
+    for col in ("name", "trained on", "held-out metrics (error vs grey's: best of 8 / most probable; sample 1's "
+                "colourfulness vs the true photos')", "size"):
         table.add_column(col)
+
+    def line(test: str, m: dict) -> str:
+        text = f"{test}: {m['best_vs_grey']:.2f}x / {m['top1_vs_grey']:.2f}x"
+        colour = m.get("sample1_colourfulness_vs_truth")
+        return text + (f"; colour {colour:.2f}x" if isinstance(colour, (int, float)) else "")
+
     for info in infos:
-        metrics = "\n".join(f"{test}: {m['best_vs_grey']:.2f}x / {m['top1_vs_grey']:.2f}x"
-                            for test, m in info.metrics.items() if isinstance(m, dict) and "best_vs_grey" in m)
+        metrics = "\n".join(line(test, m) for test, m in info.metrics.items()
+                            if isinstance(m, dict) and "best_vs_grey" in m)
         table.add_row(info.name + (" (default)" if info.default else ""), info.data, metrics or "-",
                       f"{info.size_bytes / 2**20:.0f} MiB")
     console = Console()
