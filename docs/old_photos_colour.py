@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from colorize_cli.files.imageio import IMAGE_EXTENSIONS, ImageReadError, read_image
+from colorize_cli.files.imageio import ImageReadError, read_image
 from colorize_cli.model.colorizer import Colorizer
+from colorize_cli.training.data import list_images
 from colorize_cli.training.evaluate import NEAR_GREY, colourfulness
 
 
@@ -28,12 +29,12 @@ def photos(folders: list[Path]) -> list[Path]:
     """Every image under ``folders`` in name order, each distinct file once (examples/ repeats some)."""
     seen, out = set(), []
     for folder in folders:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-                digest = hashlib.sha256(p.read_bytes()).hexdigest()
-                if digest not in seen:
-                    seen.add(digest)
-                    out.append(p)
+        for rel in list_images(folder):          # as training walks a folder (colorize's outputs left out)
+            p = folder / rel
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                out.append(p)
     return out
 
 
