@@ -1,4 +1,5 @@
-"""Bundled models by name: ``general`` (the default: scenes, streets, groups) and ``faces`` (LFW portraits).
+"""Bundled models by name: ``general`` (the default: scenes, streets, groups, portraits) and ``faces``
+(LFW portraits only).
 
 ``--model`` takes one of these names or a model folder (a bundle or a training run). Each bundled model is a
 bundle folder under the package's ``weights/``; they share one ``vgg.pt`` (the same ImageNet VGG16), named in
