@@ -31,7 +31,8 @@ def photos(folders: list[Path]) -> list[Path]:
     for folder in folders:
         for rel in list_images(folder):          # as training walks a folder (colorize's outputs left out)
             p = folder / rel
-            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            with p.open("rb") as f:             # streamed: memory stays bounded whatever the file's size
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
             if digest not in seen:
                 seen.add(digest)
                 out.append(p)
