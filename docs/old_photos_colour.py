@@ -25,14 +25,23 @@ from colorize_cli.training.data import list_images
 from colorize_cli.training.evaluate import NEAR_GREY, colourfulness
 
 
+def _sha256(path: Path) -> str:
+    """The file's digest, read in 1 MiB chunks (memory bounded whatever the file's size; Python 3.9 has no
+    hashlib.file_digest)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def photos(folders: list[Path]) -> list[Path]:
     """Every image under ``folders`` in name order, each distinct file once (examples/ repeats some)."""
     seen, out = set(), []
     for folder in folders:
         for rel in list_images(folder):          # as training walks a folder (colorize's outputs left out)
             p = folder / rel
-            with p.open("rb") as f:             # streamed: memory stays bounded whatever the file's size
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            digest = _sha256(p)
             if digest not in seen:
                 seen.add(digest)
                 out.append(p)
