@@ -16,7 +16,7 @@ from colorize_cli.model import registry
 from colorize_cli.model.checkpoint import read_checkpoint
 from colorize_cli.model.colorizer import Colorizer
 from colorize_cli.training.augment import Augment
-from colorize_cli.training.data import build_cache, is_grey, list_images
+from colorize_cli.training.data import build_cache, is_grey, lab64_colourfulness, list_images
 from colorize_cli.training.evaluate import washed
 from colorize_cli.training.losses import mdn_loss
 
@@ -46,6 +46,42 @@ def test_grey_photos_are_left_out_and_counted(tmp_path, two_folders):
     assert any("left out 1 grey photos of 7" in w for w in warnings)
     kept = build_cache(a, list_images(a), tmp_path / "keep", n_jobs=1, warn=warnings.append, skip_grey=False)
     assert len(kept) == 7 and is_grey(np.asarray(kept.lab64[kept.paths.index("grey.jpg")]))
+
+
+def _faint(bgr: np.ndarray) -> np.ndarray:
+    """The photo's grey with a faint even tint: mean chroma 8.5 CIE units (not grey, not colourful)."""
+    grey = cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    lab = cv2.cvtColor(grey, cv2.COLOR_BGR2LAB)
+    lab[..., 1:] = 134
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+
+
+def test_dull_photos_are_left_out_of_training_and_kept_for_testing(tmp_path, two_folders, synthetic_dataset):
+    a, b = two_folders
+    dull = tmp_path / "dull"
+    dull.mkdir()
+    for p in sorted(a.glob("*.jpg")):
+        (dull / p.name).write_bytes(p.read_bytes())
+    cv2.imwrite(str(dull / "faint.png"), _faint(cv2.imread(str(sorted(synthetic_dataset.rglob("*.jpg"))[7]))))
+    all_kept = build_cache(dull, list_images(dull), tmp_path / "c", n_jobs=1, warn=[].append)
+    cf = {p: lab64_colourfulness(np.asarray(all_kept.lab64[i])) for i, p in enumerate(all_kept.paths)}
+    assert cf["faint.png"] < 10 and min(v for p, v in cf.items() if p != "faint.png") > 15   # the photos' own
+    said = []
+    cache = build_cache(dull, list_images(dull), tmp_path / "c", n_jobs=1, warn=said.append,
+                        min_colourfulness=15)
+    assert sorted(cache.paths) == sorted(p for p in all_kept.paths if p != "faint.png")   # not the cached set
+    assert said == [f"left out 1 grey photos of 8 under {dull} (mean chroma < 3.0)",
+                    f"left out 1 dull photos of 8 under {dull} (colourfulness at 64x64 < 15)"]
+
+    tests = tmp_path / "tests.txt"
+    tests.write_text("faint.png\n")
+    result = CliRunner().invoke(main, ["train", "vae", str(dull), str(b), "--test-list", str(tests),
+                                       "--test-list", "", "--min-colourfulness", "15", "--out",
+                                       str(tmp_path / "r"), "--epochs", "1", "--batch-size", "4", "--device",
+                                       "cpu", "--no-bf16", "--jobs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "left out 1 dull photos of 8" in result.output                       # from training only
+    assert "training on 11 images from 2 sources, testing on 1" in result.output   # the faint one tested
 
 
 def test_train_both_stages_over_two_folders_with_augment_and_soft_loss(tmp_path, two_folders, random_vgg_file):

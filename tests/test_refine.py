@@ -11,6 +11,7 @@ from colorize_cli.cli import main
 from colorize_cli.model.bundle import export_bundle
 from colorize_cli.model.colorizer import Colorizer
 from colorize_cli.training import ranking, refine
+from colorize_cli.training.data import list_images
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +156,46 @@ def test_refining_a_refined_model_keeps_its_record(tmp_path, bundle, synthetic_d
     b = json.loads((second / "manifest.json").read_text())["refine"]
     assert "earlier" not in a                            # the exported bundle was never refined
     assert b["earlier"] == a and b["config"]["lr"] == 1e-2    # the new means started from the first run's
+
+
+def _views(ab_a, ab_b, n_features=4):
+    """Photos of one flat colour each: (a, b) 8-bit levels per photo, L 60."""
+    n = len(ab_a)
+    ab = np.stack([np.stack([np.full((64, 64), a, np.uint8), np.full((64, 64), b, np.uint8)]) for a, b in
+                   zip(ab_a, ab_b)])
+    return refine.Views(np.arange(n * n_features, dtype=np.float32).reshape(n, n_features),
+                        np.full((n, 64, 64), 150, np.uint8), ab)
+
+
+def test_dull_photos_are_left_out_by_their_own_colourfulness():
+    # a flat colour's colourfulness is 0.3 * its mean opponent colour: grey ~0, a faint tint a few units, a
+    # saturated red far above BigColor's 15
+    views = _views([128, 134, 190], [128, 131, 170])
+    cf = refine.true_colourfulness(views)
+    assert cf[0] < 1 and 1 < cf[1] < 15 < cf[2]
+    said = []
+    kept = refine.without_dull(views, 15, said.append)
+    assert len(kept) == 1
+    assert np.array_equal(kept.h, views.h[2:]) and np.array_equal(kept.ab64, views.ab64[2:])
+    assert said == ["left out 2 dull photos of 3 (colourfulness at 64x64 < 15)"]
+    assert refine.without_dull(views, 0, said.append) is views and len(said) == 1     # 0: all kept, no line
+    with pytest.raises(ValueError, match="no training photo"):
+        refine.without_dull(views, 1000, said.append)
+
+
+def test_refine_min_colourfulness_trains_on_the_vivid_photos_and_records_it(tmp_path, bundle,
+                                                                           synthetic_dataset, views_cache):
+    colorizer = Colorizer.load(str(bundle), "cpu", bf16=False, int8=False)
+    views = refine.collect_views(colorizer, synthetic_dataset, list_images(synthetic_dataset))
+    cf = np.sort(refine.true_colourfulness(views))
+    threshold = float((cf[len(cf) // 2 - 1] + cf[len(cf) // 2]) / 2)          # half of the photos are duller
+    out = tmp_path / "vivid"
+    r = _refine(["--epochs", "1", "--min-colourfulness", f"{threshold}"], bundle, synthetic_dataset, out,
+                views_cache)
+    assert r.exit_code == 0, r.output
+    assert f"left out {len(cf) // 2} dull photos of {len(cf)}" in r.output
+    record = json.loads((out / "manifest.json").read_text())["refine"]
+    assert record["config"]["min_colourfulness"] == threshold
+    none = _refine(["--epochs", "1", "--min-colourfulness", "1000"], bundle, synthetic_dataset,
+                   tmp_path / "n", views_cache)
+    assert none.exit_code == 1 and "no training photo is as colourful" in none.output

@@ -25,6 +25,9 @@ def _train_options(f):
                           "same order, '' for none"),
         click.option("--skip-grey/--keep-grey", default=True, show_default=True,
                      help="leave out photos with no colour (mean chroma under 3 CIE units), counted in the log"),
+        click.option("--min-colourfulness", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="leave out training photos duller than this (colourfulness at 64x64, as `colorize "
+                          "evaluate` measures it; 0 keeps all), counted in the log; test photos all stay"),
         click.option("--augment", is_flag=True,
                      help="random-resized crops and flips on the training device (MDN: VGG then runs live)"),
         click.option("--epochs", type=click.IntRange(1), default=None, help="epochs (default: the stage's)"),
@@ -47,7 +50,7 @@ def _train_options(f):
     return f
 
 
-def _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey):
+def _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey, min_colourfulness=0.0):
     """DATA folders and their aligned --list / --test-list values -> a DataSpec (usage errors exit 2)."""
     from ..training.train import DataSource, DataSpec
 
@@ -66,7 +69,8 @@ def _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey):
 
     sources = [DataSource(str(d), tl, vl) for d, tl, vl in
                zip(data, aligned(train_list, "--list"), aligned(test_list, "--test-list"))]
-    return DataSpec(cache_dir=cache_dir, n_jobs=jobs, sources=sources, skip_grey=skip_grey)
+    return DataSpec(cache_dir=cache_dir, n_jobs=jobs, sources=sources, skip_grey=skip_grey,
+                    min_colourfulness=min_colourfulness)
 
 
 @main.group()
@@ -82,12 +86,12 @@ def train():
 @click.option("--prior", type=click.Choice(["zhang", "data"]), default="zhang", show_default=True,
               help="class-rebalancing prior of the loss weights: Zhang's ImageNet prior (the seed's) or counted "
                    "from the training images")
-def train_vae_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, batch_size, lr, seed, device, bf16,
-                  resume, cache_dir, max_images, jobs, kl_weight, prior):
+def train_vae_cmd(data, out, train_list, test_list, skip_grey, min_colourfulness, augment, epochs, batch_size,
+                  lr, seed, device, bf16, resume, cache_dir, max_images, jobs, kl_weight, prior):
     """Stage 1: train the conditional VAE on the colour images in DATA (one folder or several, mixed)."""
     from ..training.train import VAE_DEFAULTS, TrainConfig, train_vae
 
-    spec = _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey)
+    spec = _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey, min_colourfulness)
     dist, dev = _training_processes(_resolve_device(device))
     cfg = TrainConfig(epochs=epochs or VAE_DEFAULTS.epochs, batch_size=batch_size, lr=lr or VAE_DEFAULTS.lr,
                       kl_weight=kl_weight, prior=prior, bf16=_bf16_default(bf16, dev), seed=seed,
@@ -104,13 +108,14 @@ def train_vae_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, 
                    "torchvision's)")
 @click.option("--mdn-loss", type=click.Choice(["nearest", "soft"]), default="nearest", show_default=True,
               help="nearest: the seed's nearest-component loss; soft: the full mixture likelihood it approximates")
-def train_mdn_cmd(data, out, train_list, test_list, skip_grey, augment, epochs, batch_size, lr, seed, device, bf16,
-                  resume, cache_dir, max_images, jobs, vae_path, vgg_weights, mdn_loss):
+def train_mdn_cmd(data, out, train_list, test_list, skip_grey, min_colourfulness, augment, epochs, batch_size,
+                  lr, seed, device, bf16, resume, cache_dir, max_images, jobs, vae_path, vgg_weights,
+                  mdn_loss):
     """Stage 2: train the MDN from VGG features of the grey images to the frozen CVAE's latent space."""
     from ..training.mdn import train_mdn
     from ..training.train import MDN_DEFAULTS, TrainConfig
 
-    spec = _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey)
+    spec = _data_spec(data, train_list, test_list, cache_dir, jobs, skip_grey, min_colourfulness)
     dist, dev = _training_processes(_resolve_device(device))
     cfg = TrainConfig(epochs=epochs or MDN_DEFAULTS.epochs, batch_size=batch_size, lr=lr or MDN_DEFAULTS.lr,
                       bf16=_bf16_default(bf16, dev), seed=seed, max_images=max_images, augment=augment,
@@ -215,10 +220,13 @@ def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images
                    "held-out errors stay against the truth")
 @click.option("--decoder-lr", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="also fine-tune the CVAE decoder at this learning rate (0: the decoder stays frozen)")
+@click.option("--min-colourfulness", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="leave out training photos duller than this (colourfulness of the true colours at 64x64, "
+                   "as `colorize evaluate` measures it; 0 keeps all)")
 @click.option("--resume", is_flag=True,
               help="go on from the training state in --out, with its settings (--epochs: the new total)")
 def train_refine_cmd(data, train_list, model, out, test_data, test_list, images, cache_dir, device, epochs, lr,
-                     batch_size, seed, bf16, target_gain, decoder_lr, resume):
+                     batch_size, seed, bf16, target_gain, decoder_lr, min_colourfulness, resume):
     """Optional stage: fine-tune a model's 8 means so that the best of its samples comes closer to real
     colours (best-of-K colour loss through the frozen decoder). Re-fit the weights after it with
     `colorize train ranking`."""
@@ -226,7 +234,7 @@ def train_refine_cmd(data, train_list, model, out, test_data, test_list, images,
 
     dev = _resolve_device(device)
     cfg = RefineConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, bf16=_bf16_default(bf16, dev),
-                       target_gain=target_gain, decoder_lr=decoder_lr)
+                       target_gain=target_gain, decoder_lr=decoder_lr, min_colourfulness=min_colourfulness)
     _run_bundle_stage(data, train_list, images, test_data, test_list,
                       lambda sources, test, rep: train_refine(model, sources, out, cfg, dev, test, rep, resume,
                                                               cache_dir))

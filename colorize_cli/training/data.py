@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..files.imageio import ImageReadError, is_image_path, read_image
-from ..model.color import CVAE_SIZE, VGG_SIZE
+from ..model.color import CVAE_SIZE, VGG_SIZE, l_ab_to_bgr, normalize_u8
 from ..model.preprocess import model_views
 
 CACHE_VERSION = 2
@@ -32,6 +32,19 @@ def is_grey(lab64: np.ndarray) -> bool:
     return mean_chroma(lab64) < GREY_CHROMA
 
 
+def colourfulness(bgr: np.ndarray) -> float:
+    """Hasler & Suesstrunk (2003): sqrt(std_rg^2 + std_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2)."""
+    b, g, r = (bgr[..., i].astype(np.float64) for i in range(3))
+    rg = r - g
+    yb = 0.5 * (r + g) - b
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def lab64_colourfulness(lab64: np.ndarray) -> float:
+    """The colourfulness of an 8-bit OpenCV Lab image (H, W, 3), converted to BGR as the samples are."""
+    return colourfulness(l_ab_to_bgr(lab64[..., 0], normalize_u8(lab64[..., 1:])))
+
+
 def list_images(root: str | os.PathLike, list_file: str | os.PathLike | None = None) -> list[str]:
     """Image paths relative to ``root``: from ``list_file`` (one per line) or by walking ``root``."""
     root = Path(root)
@@ -49,9 +62,10 @@ def list_images(root: str | os.PathLike, list_file: str | os.PathLike | None = N
 
 
 GREY = "grey (no colour to learn from)"
+DULL = "dull (less colourful than asked)"
 
 
-def _decode_one(path: Path, skip_grey: bool) -> tuple[np.ndarray, np.ndarray] | str:
+def _decode_one(path: Path, skip_grey: bool, min_colourfulness: float) -> tuple[np.ndarray, np.ndarray] | str:
     try:
         img = read_image(path)
     except ImageReadError as err:
@@ -59,11 +73,13 @@ def _decode_one(path: Path, skip_grey: bool) -> tuple[np.ndarray, np.ndarray] | 
     _, lab64, l224 = model_views(img.bgr)
     if skip_grey and is_grey(lab64):
         return GREY
+    if min_colourfulness > 0 and lab64_colourfulness(lab64) < min_colourfulness:
+        return DULL
     return lab64, l224
 
 
-def _decode_chunk(paths: Sequence[Path], skip_grey: bool) -> list:
-    return [_decode_one(p, skip_grey) for p in paths]
+def _decode_chunk(paths: Sequence[Path], skip_grey: bool, min_colourfulness: float) -> list:
+    return [_decode_one(p, skip_grey, min_colourfulness) for p in paths]
 
 
 @dataclass
@@ -78,8 +94,10 @@ class ImageCache:
         return len(self.paths)
 
 
-def _cache_key(root: Path, rel_paths: Sequence[str], skip_grey: bool) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{CVAE_SIZE}|{VGG_SIZE}|{skip_grey}|{root.resolve()}".encode())
+def _cache_key(root: Path, rel_paths: Sequence[str], skip_grey: bool, min_colourfulness: float = 0.0) -> str:
+    # without the filter the key is as it was, so caches kept before it stay valid
+    dull = f"|cf>={min_colourfulness!r}" if min_colourfulness > 0 else ""
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{CVAE_SIZE}|{VGG_SIZE}|{skip_grey}{dull}|{root.resolve()}".encode())
     for rel in rel_paths:
         h.update(rel.encode("utf-8", "surrogateescape") + b"\0")
     return h.hexdigest()[:16]
@@ -87,18 +105,19 @@ def _cache_key(root: Path, rel_paths: Sequence[str], skip_grey: bool) -> str:
 
 def build_cache(root: str | os.PathLike, rel_paths: Sequence[str], cache_dir: str | os.PathLike,
                 n_jobs: int = -1, warn: Callable[[str], None] = print, skip_grey: bool = True,
-                progress: Callable[[int], None] | None = None) -> ImageCache:
+                progress: Callable[[int], None] | None = None, min_colourfulness: float = 0.0) -> ImageCache:
     """Decode every image once (in parallel with joblib) into ``cache_dir``; reuse it on later calls.
 
-    Unreadable files are reported through ``warn`` one by one, grey photos (``skip_grey``) counted in one
-    line; both are left out. ``progress(n)`` is called as chunks of n images finish.
+    Unreadable files are reported through ``warn`` one by one, grey photos (``skip_grey``) and photos duller
+    than ``min_colourfulness`` (at 64x64; 0 keeps them) counted in one line each; all are left out.
+    ``progress(n)`` is called as chunks of n images finish.
     """
     from joblib import Parallel, delayed
 
     root = Path(root)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = _cache_key(root, rel_paths, skip_grey)
+    key = _cache_key(root, rel_paths, skip_grey, min_colourfulness)
     meta_path = cache_dir / f"images-{key}.json"
     lab_path = cache_dir / f"images-{key}-lab64.npy"
     l224_path = cache_dir / f"images-{key}-l224.npy"
@@ -113,15 +132,18 @@ def build_cache(root: str | os.PathLike, rel_paths: Sequence[str], cache_dir: st
     lab64 = np.empty((n, CVAE_SIZE, CVAE_SIZE, 3), np.uint8)
     l224 = np.empty((n, VGG_SIZE, VGG_SIZE), np.uint8)
     kept: list[str] = []
-    grey = 0
+    grey = dull = 0
     # results stream back in order (return_as="generator"): memory stays at the arrays, not a list of them
-    parts = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(_decode_chunk)(c, skip_grey) for c in chunks)
+    parts = Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(_decode_chunk)(c, skip_grey, min_colourfulness) for c in chunks)
     rels = iter(rel_paths)
     for part in parts:
         for res in part:
             rel = next(rels)
             if isinstance(res, str) and res == GREY:
                 grey += 1
+            elif isinstance(res, str) and res == DULL:
+                dull += 1
             elif isinstance(res, str):
                 warn(f"skipping {root / rel}: {res}")
             else:
@@ -131,6 +153,9 @@ def build_cache(root: str | os.PathLike, rel_paths: Sequence[str], cache_dir: st
             progress(len(part))
     if grey:
         warn(f"left out {grey} grey photos of {n} under {root} (mean chroma < {GREY_CHROMA})")
+    if dull:
+        warn(f"left out {dull} dull photos of {n} under {root} "
+             f"(colourfulness at 64x64 < {min_colourfulness:g})")
     if not kept:
         raise ValueError(f"no readable colour images under {root}")
     lab64, l224 = lab64[:len(kept)], l224[:len(kept)]
@@ -139,7 +164,8 @@ def build_cache(root: str | os.PathLike, rel_paths: Sequence[str], cache_dir: st
         np.save(tmp, arr)
         os.replace(tmp, path)
     tmp = meta_path.with_suffix(f".{os.getpid()}.part")
-    tmp.write_text(json.dumps({"root": str(root), "paths": kept, "grey": grey}), encoding="utf-8")
+    meta = {"root": str(root), "paths": kept, "grey": grey, "dull": dull}
+    tmp.write_text(json.dumps(meta), encoding="utf-8")
     os.replace(tmp, meta_path)
     return ImageCache(kept, lab64, l224)
 

@@ -16,7 +16,7 @@ from ..model.color import AB_SCALE, CVAE_SIZE, normalize_u8
 from ..model.colorizer import Colorizer, image_seed
 from ..model.preprocess import model_views
 from ..model.render import merge, sample_sheet
-from .data import list_images
+from .data import colourfulness, list_images
 
 
 def ab_distance(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -36,14 +36,6 @@ def diversity(samples: np.ndarray) -> float:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def colourfulness(bgr: np.ndarray) -> float:
-    """Hasler & Suesstrunk (2003): sqrt(std_rg^2 + std_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2)."""
-    b, g, r = (bgr[..., i].astype(np.float64) for i in range(3))
-    rg = r - g
-    yb = 0.5 * (r + g) - b
-    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
 #: a colorization below this colourfulness looks grey (real colour photos: 40-50; DDColor reports 38 on

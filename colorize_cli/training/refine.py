@@ -43,7 +43,7 @@ from ..model.color import normalize_u8
 from ..model.colorizer import Colorizer
 from ..model.device import autocast
 from ..model.preprocess import model_views
-from .data import GREY_CHROMA, mean_chroma
+from .data import GREY_CHROMA, lab64_colourfulness, mean_chroma
 
 STATE_FILE = "refine-state.pt"     # in the output folder, beside the bundle: the training state for --resume
 
@@ -62,6 +62,10 @@ class RefineConfig:
     # > 0: the CVAE decoder is fine-tuned too (its weights and BatchNorm affines, the running statistics kept),
     # at this learning rate, on the same best-of-K loss; 0 keeps it frozen (the stage's original recipe)
     decoder_lr: float = 0.0
+    # > 0: photos whose true colours are duller than this (colourfulness at 64x64, as `colorize evaluate`
+    # measures it; real colour photos 30-50) are left out of training, as BigColor leaves out ImageNet's < 15;
+    # held-out photos are all kept
+    min_colourfulness: float = 0.0
 
 
 @dataclass
@@ -115,6 +119,27 @@ def collect_views(colorizer: Colorizer, root: str | os.PathLike, rels: list[str]
     if not hs:
         raise ValueError(f"no colour photos in {root}")
     return Views(np.concatenate(hs), np.concatenate(ls), np.concatenate(abs_))
+
+
+def true_colourfulness(views: Views) -> np.ndarray:
+    """(N,) each photo's own colourfulness at 64x64 (Hasler & Suesstrunk on its true colours, evaluate's
+    measure on the CVAE's grid)."""
+    lab = np.concatenate([views.l64[:, None], views.ab64], 1).transpose(0, 2, 3, 1)    # (N, 64, 64, 3)
+    return np.array([lab64_colourfulness(x) for x in lab], np.float64)
+
+
+def without_dull(views: Views, min_colourfulness: float, warn: Callable[[str], None] = print) -> Views:
+    """The photos of ``views`` at least ``min_colourfulness`` colourful (0: all); the rest counted in one
+    line."""
+    if min_colourfulness <= 0:
+        return views
+    keep = true_colourfulness(views) >= min_colourfulness
+    if not keep.any():
+        raise ValueError(f"no training photo is as colourful as --min-colourfulness {min_colourfulness:g}")
+    if not keep.all():
+        warn(f"left out {int((~keep).sum())} dull photos of {len(views)} (colourfulness at 64x64 "
+             f"< {min_colourfulness:g})")
+    return views.take(np.flatnonzero(keep))
 
 
 def mean_rows(colorizer: Colorizer) -> slice:
@@ -366,6 +391,7 @@ def train_refine(model: str | None, sources: list[tuple[str, list[str]]], out: s
         return gather_views(colorizer, label, root, rels, reporter, cfg.grey_chroma, cache_dir, trunk)
 
     train = Views.concat([gather("training photos", root, rels) for root, rels in sources])
+    train = without_dull(train, cfg.min_colourfulness, reporter.warn)
     held_views = gather("held-out photos", *test) if test is not None else None
     trainer = MeanTrainer(colorizer, cfg)
     history: list[dict] = []

@@ -75,6 +75,7 @@ class DataSpec:
     n_jobs: int = -1
     sources: list[DataSource] = field(default_factory=list)
     skip_grey: bool = True  # leave out photos with no colour (data.is_grey)
+    min_colourfulness: float = 0.0   # > 0: leave out training photos duller than this (test photos all kept)
 
     def all_sources(self) -> list[DataSource]:
         if self.sources:
@@ -138,10 +139,11 @@ def _append_log(path: Path, record: dict) -> None:
 
 
 def _cached(source_root: str, rel: list[str], spec: DataSpec, cache_dir: Path, reporter: Reporter,
-            label: str) -> ImageCache:
+            label: str, min_colourfulness: float = 0.0) -> ImageCache:
     bar = reporter.progress(len(rel), f"decoding {label} ({source_root})")
     try:
-        return build_cache(source_root, rel, cache_dir, spec.n_jobs, reporter.warn, spec.skip_grey, bar.advance)
+        return build_cache(source_root, rel, cache_dir, spec.n_jobs, reporter.warn, spec.skip_grey,
+                           bar.advance, min_colourfulness)
     finally:
         bar.close()
 
@@ -168,7 +170,8 @@ def load_split(spec: DataSpec, paths: RunPaths, reporter: Reporter, max_images: 
         if not train_rel:
             raise ValueError(f"no training images in {src.root}" + (f" ({src.train_list})" if src.train_list else ""))
         reporter.log(f"{src.root}: {len(train_rel)} training and {len(test_rel)} test images (cached in {cache_dir})")
-        train_parts.append(_cached(src.root, train_rel, spec, cache_dir, reporter, "training images"))
+        train_parts.append(_cached(src.root, train_rel, spec, cache_dir, reporter, "training images",
+                                   spec.min_colourfulness))
         if test_rel:
             test_parts.append(_cached(src.root, test_rel, spec, cache_dir, reporter, "test images"))
     train, test = _joined(train_parts), _joined(test_parts)
