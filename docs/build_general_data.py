@@ -17,7 +17,8 @@ and never to the training folders.
 
 writes data/general/{imagenette,tiny}/ (the training photos, as the model was trained on them) and
 data/general/val/ (Imagenette's val/ as published) with the lists the docs name. Grey photos are not removed
-here: training leaves them out itself (`--skip-grey`, the default) and counts them in its log.
+here: training leaves them out itself (`--skip-grey`, the default) and counts them in its log, and dull ones
+with `--min-colourfulness` (docs/training.md measures it).
 """
 
 from __future__ import annotations
