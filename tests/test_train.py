@@ -126,3 +126,17 @@ def test_plain_progress_prints_a_line_per_tenth_whatever_the_batch(capsys):
         bar.advance(16)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 9 and lines[0].startswith("photos: 512/5000")
+
+
+def test_too_few_photos_for_one_batch_is_an_error_not_an_empty_epoch(tmp_path, synthetic_dataset, tiny_run,
+                                                                      random_vgg_file):
+    # epochs drop their last partial batch: 16 photos in batches of 32 used to train nothing and log zeros
+    for stage in ("vae", "mdn"):
+        extra = ["--vae", str(tiny_run / "vae.pt"), "--vgg-weights", str(random_vgg_file)] if stage == "mdn" \
+            else []
+        result = CliRunner().invoke(main, ["train", stage, str(synthetic_dataset), "--out",
+                                           str(tmp_path / "run"), "--epochs", "1", "--batch-size", "32",
+                                           "--device", "cpu", "--no-bf16", "--jobs", "1"] + extra)
+        assert result.exit_code == 1, result.output
+        assert "16 training photos make no batch of 32" in result.output
+    assert not any((tmp_path / "run" / f).exists() for f in ("vae.pt", "mdn.pt"))   # no epoch claimed

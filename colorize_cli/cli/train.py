@@ -9,6 +9,12 @@ import click
 
 from .app import _bf16_default, _device_option, _resolve_device, _RichReporter, main
 
+#: every training stage leaves dull photos out alike (vae and mdn while decoding, refine from its kept views)
+_min_colourfulness_option = click.option(
+    "--min-colourfulness", type=click.FloatRange(min=0), default=0.0, show_default=True,
+    help="leave out training photos duller than this (colourfulness of the true colours at 64x64, as "
+         "`colorize evaluate` measures it; 0 keeps all), counted in the log; test photos all stay")
+
 
 def _train_options(f):
     options = [
@@ -25,9 +31,7 @@ def _train_options(f):
                           "same order, '' for none"),
         click.option("--skip-grey/--keep-grey", default=True, show_default=True,
                      help="leave out photos with no colour (mean chroma under 3 CIE units), counted in the log"),
-        click.option("--min-colourfulness", type=click.FloatRange(min=0), default=0.0, show_default=True,
-                     help="leave out training photos duller than this (colourfulness at 64x64, as `colorize "
-                          "evaluate` measures it; 0 keeps all), counted in the log; test photos all stay"),
+        _min_colourfulness_option,
         click.option("--augment", is_flag=True,
                      help="random-resized crops and flips on the training device (MDN: VGG then runs live)"),
         click.option("--epochs", type=click.IntRange(1), default=None, help="epochs (default: the stage's)"),
@@ -220,9 +224,7 @@ def train_ranking_cmd(data, train_list, model, out, test_data, test_list, images
                    "held-out errors stay against the truth")
 @click.option("--decoder-lr", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="also fine-tune the CVAE decoder at this learning rate (0: the decoder stays frozen)")
-@click.option("--min-colourfulness", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="leave out training photos duller than this (colourfulness of the true colours at 64x64, "
-                   "as `colorize evaluate` measures it; 0 keeps all)")
+@_min_colourfulness_option
 @click.option("--resume", is_flag=True,
               help="go on from the training state in --out, with its settings (--epochs: the new total)")
 def train_refine_cmd(data, train_list, model, out, test_data, test_list, images, cache_dir, device, epochs, lr,

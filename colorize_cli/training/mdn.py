@@ -38,6 +38,7 @@ from .train import (
     _scale,
     _start,
     adam,
+    check_batchable,
     load_split,
     load_vae,
 )
@@ -170,6 +171,7 @@ def train_mdn(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
     vgg = build_vgg(vgg_state).to(device)
     with dist.rank0_first():
         train, test = load_split(spec, paths, reporter, cfg.max_images)
+    check_batchable(len(train), cfg)
 
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else paths.cache
     # with --augment every epoch sees other crops, so VGG runs live on the training set (a GPU's work);

@@ -124,8 +124,9 @@ def collect_views(colorizer: Colorizer, root: str | os.PathLike, rels: list[str]
 def true_colourfulness(views: Views) -> np.ndarray:
     """(N,) each photo's own colourfulness at 64x64 (Hasler & Suesstrunk on its true colours, evaluate's
     measure on the CVAE's grid)."""
-    lab = np.concatenate([views.l64[:, None], views.ab64], 1).transpose(0, 2, 3, 1)    # (N, 64, 64, 3)
-    return np.array([lab64_colourfulness(x) for x in lab], np.float64)
+    # one photo's (64, 64, 3) Lab at a time: no copy of the whole set
+    return np.array([lab64_colourfulness(np.dstack([views.l64[i], *views.ab64[i]]))
+                     for i in range(len(views))], np.float64)
 
 
 def without_dull(views: Views, min_colourfulness: float, warn: Callable[[str], None] = print) -> Views:

@@ -284,6 +284,14 @@ def _start(stage: str, cfg: TrainConfig, dist: Dist, reporter: Reporter) -> None
                      f"({cfg.batch_size // dist.world} per process), lr {cfg.lr:g}")
 
 
+def check_batchable(n: int, cfg: TrainConfig) -> None:
+    """Each epoch drops its last partial batch: fewer photos than one batch would train nothing (and log
+    zeros). Checked as soon as the photos are known, before any model or feature pass."""
+    if n < cfg.batch_size:
+        raise ValueError(f"{n} training photos make no batch of {cfg.batch_size}: give more photos or a "
+                         f"smaller --batch-size")
+
+
 def _epoch_batches(n: int, cfg: TrainConfig, epoch: int) -> list[np.ndarray]:
     """The epoch's global batches: the same seeded order in every process (each takes ``Dist.shard``)."""
     return batch_indices(n, cfg.batch_size, _seeded_rng(cfg.seed, epoch), drop_last=True)
@@ -317,6 +325,7 @@ def train_vae(spec: DataSpec, out: str | os.PathLike, cfg: TrainConfig, device: 
     torch.manual_seed(cfg.seed)
     with dist.rank0_first():
         train, test = load_split(spec, paths, reporter, cfg.max_images)
+    check_batchable(len(train), cfg)
     prior = zhang_prior() if cfg.prior == "zhang" else count_prior(np.asarray(train.lab64[..., 1:]))
     weighter = LossWeighter.from_prior(prior)
 
