@@ -10,7 +10,9 @@ Rows (all with 8 samples per image):
   (b) colorize model-only: Colorizer.predict on batches (condition encoder once per image, decoder per
       sample), fp32 and bf16, with the bf16-vs-fp32 difference of the ab outputs; on CUDA (CUDA graphs, the
       default) also the model on the device alone (inputs uploaded, latents and ab left on the GPU), the
-      networks launched op by op (--no-cuda-graphs), and peak GPU memory; with --int8 the int8 VGG + MDN;
+      networks launched op by op (--no-cuda-graphs), and peak GPU memory (these rows with --no-int8); with
+      --int8 the int8 VGG + MDN with the decoder float and with the decoder's int8 convolutions too (the
+      default only on CPUs without AMX), in bf16 where the CPU has bf16 units;
   (c) colorize end to end, file to file: the `colorize` command in a subprocess on a folder of LFW photos
       (and with --scans a folder of 2-12 megapixel scans): the rate over the whole wall time including
       start-up and model load, the steady rate (from the arrival times of its --json lines: the results
@@ -18,7 +20,9 @@ Rows (all with 8 samples per image):
       peak GPU memory from nvidia-smi, and where its CPU time went: main thread, I/O threads, others). Each
       end-to-end row runs --repeat times, the runs of the rows interleaved; the median is shown, the range
       in the notes. On the CPU also jpg sheets with --cpu-streams 1 (one batch at a time on all the cores,
-      against the default's two single-threaded streams) and, with --int8, png and jpg sheets with --int8.
+      against the default's two single-threaded streams) and, with --int8, png and jpg sheets with --int8 and
+      jpg sheets with --int8 and the decoder float (a copy of the model whose int8.json has no decoder
+      ranges). The settings column says what the defaults are.
 Images: the first N of ../shared/data/lfw-splits/test.txt when ../shared is beside the repo (or where
 COLORIZE_SHARED points), repeated past its 1,000, else synthetic.
 The machine this was written on is shared and noisy (the same run varies up to 2x): compare rows of one run.
@@ -106,6 +110,21 @@ def _gpu_peak_note(device) -> str:
 def _ab_difference(a: np.ndarray, b: np.ndarray) -> str:
     diff = np.abs(a - b)
     return f"mean {diff.mean():.4f}, max {diff.max():.4f}"
+
+
+def _without_decoder_ranges(model: str | None, folder: Path) -> Path:
+    """A copy of the model whose int8.json has no decoder ranges: --int8 with the decoder float."""
+    from colorize_cli.model.int8 import CALIBRATION_FILE, Int8Calibration
+    from colorize_cli.model.registry import resolve_model
+
+    source = resolve_model(model)
+    target = folder / source.name
+    shutil.copytree(source, target)
+    if (source.parent / "vgg.pt").is_file():   # a bundled model's manifest names the shared ../vgg.pt
+        shutil.copy(source.parent / "vgg.pt", folder / "vgg.pt")
+    cal = Int8Calibration.load(target / CALIBRATION_FILE)
+    Int8Calibration(cal.ranges, cal.percentile, cal.images).save(target / CALIBRATION_FILE)
+    return target
 
 
 def model_only(colorizer, l64, l224, device, bf16: bool, batch: int, passes: int = 1) -> tuple[float, np.ndarray]:
@@ -224,6 +243,7 @@ def end_to_end(folder: Path, out: Path, model: str | None, device: str, extra: l
 def main() -> None:
     from colorize_cli.model.colorizer import Colorizer
     from colorize_cli.model.device import cpu_has_fast_bf16, resolve_device
+    from colorize_cli.model.int8 import default_int8
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -247,7 +267,8 @@ def main() -> None:
     device = resolve_device(args.device)
     args.batch_size = args.batch_size or default_batch_size(device.type)
     passes = args.passes or (20 if device.type == "cuda" else 1)
-    colorizer = Colorizer.load(args.model, device)   # on CUDA with its CUDA graphs (the default)
+    # fp32 and bf16 rows (not int8, the default on CPUs with VNNI or AMX); on CUDA with its CUDA graphs
+    colorizer = Colorizer.load(args.model, device, int8=False)
     # the reference and the "no CUDA graphs" row: the networks launched from Python, op by op
     eager = Colorizer.load(args.model, device, cuda_graphs=False) if device.type == "cuda" else colorizer
     tmp = Path(tempfile.mkdtemp(prefix="colorize-bench-"))
@@ -297,14 +318,19 @@ def main() -> None:
                 del compiled
             except RuntimeError as err:   # a compiler that fails here is a finding, not the end of the table
                 print(f"  --compile failed: {str(err).strip().splitlines()[0][:300]}", flush=True)
-        if args.int8:
-            quantized = Colorizer.load(args.model, device, int8=True)
-            rate, int8_ab = model_only(quantized, l64, l224, device, True, args.batch_size, passes)
-            show(("(b) colorize model-only, --int8", f"{setting}, int8 + bf16, batch {args.batch_size}", rate,
-                  f"VGG + MDN int8, decoder bf16; |int8-fp32| ab: {_ab_difference(int8_ab, fp32_ab)}"))
-            del quantized
         use_bf16 = device.type == "cuda" or cpu_has_fast_bf16()
         mode = "bf16" if use_bf16 else "fp32"
+        float_decoder = None
+        if args.int8:
+            float_decoder = _without_decoder_ranges(args.model, tmp / "float-decoder")   # for (c)
+            for label, int8_decoder in (("decoder float", False), ("decoder int8", True)):
+                quantized = Colorizer.load(args.model, device, int8=True, int8_decoder=int8_decoder)
+                rate, int8_ab = model_only(quantized, l64, l224, device, use_bf16, args.batch_size, passes)
+                show((f"(b) colorize model-only, --int8, {label}", f"{setting}, int8 + {mode}, batch "
+                      f"{args.batch_size}", rate, f"|int8-fp32| ab: {_ab_difference(int8_ab, fp32_ab)}"))
+                del quantized
+        if device.type == "cpu" and default_int8(device, args.model):
+            mode = f"int8 + {mode}"   # what the defaults are on this CPU
         e2e_count = len(lfw_images(args.e2e_images, tmp / "lfw-e2e"))
         batch = ["--batch-size", str(args.batch_size)] + (["--workers", str(args.workers)] if args.workers else [])
         # name -> (folder, photos in it, extra colorize options)
@@ -326,6 +352,9 @@ def main() -> None:
             for fmt in ("png", "jpg"):
                 jobs[f"{e2e_count} LFW jpgs -> {fmt} sheets, --int8"] = (
                     tmp / "lfw-e2e", e2e_count, batch + ["--format", fmt, "--int8"])
+            jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --int8, decoder float"] = (
+                tmp / "lfw-e2e", e2e_count,
+                batch + ["--format", "jpg", "--int8", "--model", str(float_decoder)])
         if args.scans:
             jobs["4 scans 2-12 MP -> png sheets"] = (tmp / "scans", len(_scan_images(tmp / "scans")), [])
         runs: dict[str, list[EndToEnd]] = {name: [] for name in jobs}
@@ -348,7 +377,8 @@ def main() -> None:
                 notes += f"; GPU {max(r.gpu_mib for r in results):.0f} MiB"
             cpu = results[len(results) // 2].cpu
             notes += f"; CPU s: main {cpu['main']:.1f}, I/O threads {cpu['io']:.1f}, other {cpu['other']:.1f}"
-            show((f"(c) end to end, {name}", f"{setting}, {'int8 + bf16' if '--int8' in jobs[name][2] else mode}",
+            int8_mode = f"int8 + {'bf16' if use_bf16 else 'fp32'}"
+            show((f"(c) end to end, {name}", f"{setting}, {int8_mode if '--int8' in jobs[name][2] else mode}",
                   median(rates), notes))
         print("\n" + header)
         for name, settings, rate, notes in rows:

@@ -82,7 +82,9 @@ class _NoModel:
 
         self.device = torch.device("cuda")   # only its type is read: CUDA batch sizes, pipelining, GPU merges
         self.merges_on_device = True
+        self.runs_concurrently = True
         self.components = 8
+        self.info = {"model": "none (--no-model)"}   # named in each output's record, as a model's name is
         # one read-only array per shape, shared by all predictions: on a GPU they arrive in reused page-locked
         # buffers, and allocating (and page-faulting) fresh ones here would be a cost the real path does not have
         self._arrays: dict[tuple, object] = {}
@@ -95,7 +97,7 @@ class _NoModel:
             self._arrays[shape].flags.writeable = False
         return self._arrays[shape]
 
-    def predict_async(self, l64, l224, samples=8, seeds=None, full=None):
+    def predict_async(self, l64, l224, samples=8, seeds=None, full=None, vividness=1.0):
         from colorize_cli.model.colorizer import Prediction
         from colorize_cli.model.render import sheet_cols, sheet_gap, sheet_shape
 

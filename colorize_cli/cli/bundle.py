@@ -32,14 +32,15 @@ def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
     from ..model.registry import resolve_model
     from ..training.calibrate import calibrate_photos
 
-    colorizer, rel = _model_and_images(lambda: Colorizer.load(model, "cpu", bf16=False, cpu_streams=1),
-                                       data, list_file, None)
+    colorizer, rel = _model_and_images(
+        lambda: Colorizer.load(model, "cpu", bf16=False, int8=False, cpu_streams=1), data, list_file, None)
     # evenly spread over the list (a list sorted by person or date would otherwise give one kind of photo)
     picked = [rel[i * len(rel) // min(images, len(rel))] for i in range(min(images, len(rel)))]
     reporter = _RichReporter()
     bar = reporter.progress(len(picked), "calibrating")
     calibration, skipped = calibrate_photos(colorizer.vgg, colorizer.mdn, [data / r for r in picked], batch_size,
-                                            percentile or DEFAULT_PERCENTILE, progress=bar.advance)
+                                            percentile or DEFAULT_PERCENTILE, progress=bar.advance,
+                                            cvae=colorizer.cvae)
     bar.close()
     for line in skipped:
         click.echo(f"colorize: skipped {line}", err=True)
@@ -52,7 +53,9 @@ def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
     except OSError as err:
         click.echo(f"colorize: error: cannot write {target}: {err}", err=True)
         sys.exit(1)
-    reporter.log(f"wrote {target} ({calibration.images} photos)")
+    decoder = ("" if calibration.decoder_ranges
+               else "; the decoder stays float (its BatchNorm scales do not fold)")
+    reporter.log(f"wrote {target} ({calibration.images} photos{decoder})")
     if calibration.images < MIN_CALIBRATION_PHOTOS:
         click.echo(f"colorize: warning: ranges from {calibration.images} photos; photos unlike them may be "
                    f"clipped under --int8 (the bundled model's come from 256)", err=True)

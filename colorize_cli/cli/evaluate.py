@@ -22,7 +22,8 @@ from .app import _bf16_default, _device_option, _resolve_device, _RichReporter, 
 @_device_option
 @click.option("--bf16/--no-bf16", default=None, help="bf16 autocast (default: as for colorizing)")
 @click.option("--int8/--no-int8", default=False, show_default=True,
-              help="VGG and the MDN in int8 on the CPU (evaluate measures one setting at a time)")
+              help="VGG, the MDN (and, without AMX, the decoder) in int8 on the CPU (evaluate measures one "
+                   "setting at a time)")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="photos per model batch")
 @click.option("--seed", type=int, default=0, show_default=True, help="as for colorizing: same seed, same samples")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,

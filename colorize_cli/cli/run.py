@@ -57,7 +57,8 @@ from .app import DEFAULT_COMMAND, SheetSize, _check_output_dir, _device_option, 
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="on CUDA, replay the networks from CUDA graphs (same outputs, far fewer launches from Python)")
 @click.option("--int8/--no-int8", default=None,
-              help="CPU only: VGG and the MDN as int8 convolutions (oneDNN), with the model's int8.json  "
+              help="CPU only: VGG, the MDN (and, without AMX, the decoder) as int8 convolutions (oneDNN), "
+                   "with the model's int8.json  "
                    "[default: on for CPUs with AMX or VNNI int8 units when the model has int8.json]")
 @click.option("--cpu-streams", type=click.IntRange(1), default=None,
               help="CPU: model batches run at once, each on its share of the cores (default: 2 with 2+ cores, "

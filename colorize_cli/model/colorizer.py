@@ -18,7 +18,7 @@ import torch
 
 from .bundle import load_run
 from .color import CVAE_SIZE, VGG_SIZE, grey_from_l, normalize_u8
-from .device import autocast, cpu_has_fast_bf16, resolve_device, to_host, upload
+from .device import autocast, cpu_has_amx, cpu_has_fast_bf16, resolve_device, to_host, upload
 from .graphs import GraphedCall, graph_batch
 from .int8 import (
     Int8Calibration,
@@ -28,6 +28,7 @@ from .int8 import (
     default_int8,
     int8_supported,
 )
+from .int8_decoder import Int8Decoder
 from .networks import MDN, InferenceCVAE  # noqa: F401  (InferenceCVAE: re-exported)
 from .preprocess import model_views
 from .registry import ModelNotFoundError, model_name, resolve_model  # noqa: F401  (callers catch it from here)
@@ -104,7 +105,7 @@ class Colorizer:
     def __init__(self, cvae: InferenceCVAE, mdn: MDN, vgg: GreyVGGFeatures, device: torch.device,
                  bf16: bool = False, info: dict | None = None, compile_backend: str | None = None,
                  cuda_graphs: bool | None = None, int8: Int8Calibration | None = None,
-                 cpu_streams: int | None = None):
+                 cpu_streams: int | None = None, int8_decoder: bool | None = None):
         self.device = device
         self.bf16 = bf16
         self.int8 = int8 is not None
@@ -124,13 +125,23 @@ class Colorizer:
         # per input shape, so batches are padded to the largest batch seen (a short last batch costs no compile)
         self.compile_backend = compile_backend
         self._mixture_net, self._decode_net = self._mixture_eager, self._decode_eager
+        self.int8_decoder: Int8Decoder | None = None
         if int8 is not None:
-            # VGG + MDN as oneDNN int8 convolutions (int8.py); the CVAE decoder stays as it is (bf16 or fp32)
+            # VGG + MDN as oneDNN int8 convolutions (int8.py); the CVAE decoder's per-sample convolutions too
+            # where the calibration has their ranges (int8_decoder.py), else it stays as it is (bf16 or fp32)
             if device.type != "cpu":
                 raise Int8Error("int8 inference is for CPUs (oneDNN); on a GPU use bf16 (the default there)")
             if not int8_supported():
                 raise Int8Error("this torch build has no oneDNN int8 convolutions (torch.ops.onednn.qconv2d_pointwise)")
             self._mixture_net = Int8Mixture(self.vgg, self.mdn, int8)
+            # the decoder in int8 (``int8_decoder``, default: where it pays): on a 2-core AVX-512 VNNI CPU
+            # without AMX ~45 against ~60 ms per photo in bf16; with AMX the bf16 decoder took 11.5 ms, less
+            # than the int8 one's float upsampling and quantizing alone, so it stays bf16 there
+            if int8_decoder is None:
+                int8_decoder = not cpu_has_amx()
+            if int8.decoder_ranges and int8_decoder and not compile_backend:
+                self.int8_decoder = Int8Decoder(self.cvae, int8.decoder_ranges)
+                self._decode_net = self._decode_int8
         if compile_backend:
             if int8 is None:
                 self._mixture_net = torch.compile(self._mixture_eager, backend=compile_backend, dynamic=False)
@@ -183,12 +194,14 @@ class Colorizer:
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: torch.device | str = "auto",
              bf16: bool | None = None, compile_backend: str | None = None, cuda_graphs: bool | None = None,
-             int8: bool | None = None, cpu_streams: int | None = None) -> "Colorizer":
+             int8: bool | None = None, cpu_streams: int | None = None,
+             int8_decoder: bool | None = None) -> "Colorizer":
         """From a bundled model's name (``general``, the default, or ``faces``), a training run folder
         (vae.pt + mdn.pt) or a bundle folder.
 
         ``int8``: VGG + MDN in int8 on the CPU, with the activation ranges in the model folder's int8.json
-        (``colorize calibrate``)."""
+        (``colorize calibrate``); ``int8_decoder``: with it, the decoder's per-sample convolutions too where
+        int8.json has their ranges (default: on CPUs without AMX, where that is faster)."""
         # the CLI's defaults: CUDA if present, bf16 where it is fast, int8 (None) where the CPU's int8 is
         device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         if bf16 is None:
@@ -204,7 +217,8 @@ class Colorizer:
             calibration = Int8Calibration.load(calibration_path(path))
         cvae, mdn, vgg, info = load_run(path)
         info = {**info, "model": model_name(path)}   # named in every output's record
-        return cls(cvae, mdn, vgg, device, bf16, info, compile_backend, cuda_graphs, calibration, cpu_streams)
+        return cls(cvae, mdn, vgg, device, bf16, info, compile_backend, cuda_graphs, calibration, cpu_streams,
+                   int8_decoder)
 
     @torch.no_grad()
     def mixture(self, l224: ImageBatch, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,6 +275,9 @@ class Colorizer:
             feats = self.cvae.cond_encoder(grey)
             ab = self.cvae.decoder.forward_samples(z, *feats)
         return ab.float()
+
+    def _decode_int8(self, z: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
+        return self.int8_decoder(z, grey, self.bf16)
 
     def predict(self, l64: ImageBatch, l224: ImageBatch, samples: int = 8, seeds: list[int] | None = None,
                 full: list[tuple[np.ndarray, np.ndarray | None] | None] | None = None,

@@ -28,25 +28,32 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return dev
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU has AMX or AVX512-BF16 units, so bf16 autocast pays off."""
+def _cpu_flags() -> str:
+    """/proc/cpuinfo's text (its flags lines), or "" where there is none."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = f.read()
+            return f.read()
     except OSError:
-        return False
+        return ""
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU has AMX or AVX512-BF16 units, so bf16 autocast pays off."""
+    flags = _cpu_flags()
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def cpu_has_amx() -> bool:
+    """True where the CPU has AMX tile units (Intel Xeon since Sapphire Rapids)."""
+    flags = _cpu_flags()
+    return "amx_bf16" in flags or "amx_int8" in flags
 
 
 def cpu_has_fast_int8() -> bool:
     """True where oneDNN's u8 x s8 convolutions run on AMX or VNNI units. On plain AVX2 they are faster than
     fp32 too (benchmarks/RESULTS.md), but sum pairs of products in int16, so oneDNN halves the weights there
     (7 bits) and the int8 model measured worse than fp32 in `colorize evaluate`: not a default."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = f.read()
-    except OSError:
-        return False
+    flags = _cpu_flags()
     return any(flag in flags for flag in ("amx_int8", "avx512_vnni", "avx_vnni"))
 
 

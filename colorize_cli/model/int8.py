@@ -5,7 +5,8 @@ into its convolutions first, exact in eval mode). Activations: uint8 per tensor;
 output is a ReLU's, so its zero point is 0 and only its range is needed, measured once on calibration photos
 (``colorize calibrate``) and kept as ``int8.json`` beside the model. From the grey input to the MDN's last
 convolution the activations stay uint8 (max-pooling commutes with the monotone quantization, so it is exact
-on them); the MDN's fc and the CVAE decoder are not quantized.
+on them); the MDN's fc is not quantized. The CVAE decoder's per-sample convolutions are int8 too where the
+calibration carries their ranges (``decoder_ranges``, int8_decoder.py).
 
 On this project's 2-core AMX CPU the quantized VGG + MDN took 0.66-0.70 s per batch of 16 against 1.4-1.7 s in
 bf16 (2.0-2.5x; the whole model ~1.9x, see README, Speed).
@@ -47,14 +48,17 @@ class Int8Error(ValueError):
 
 @dataclass(frozen=True)
 class Int8Calibration:
-    """Activation ranges of the quantized layers, in chain order (VGG's 10 convolutions, then the MDN's 7)."""
+    """Activation ranges of the quantized layers, in chain order (VGG's 10 convolutions, then the MDN's 7),
+    and of the decoder's int8 convolutions' inputs (3, or none: the decoder stays float)."""
 
     ranges: tuple[float, ...]
     percentile: float = DEFAULT_PERCENTILE
     images: int = 0
+    decoder_ranges: tuple[float, ...] = ()
 
     def to_json(self) -> dict:
-        return {"format": CALIBRATION_FORMAT, "format_version": 1, **asdict(self), "ranges": list(self.ranges)}
+        return {"format": CALIBRATION_FORMAT, "format_version": 1, **asdict(self),
+                "ranges": list(self.ranges), "decoder_ranges": list(self.decoder_ranges)}
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -71,12 +75,13 @@ class Int8Calibration:
             raise Int8Error(f"cannot read int8 calibration {path}: {err}") from err
         if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
             raise Int8Error(f"{path} is not an int8 calibration file")
-        ranges = data.get("ranges")
-        if (not isinstance(ranges, list) or not ranges
-                or not all(isinstance(r, (int, float)) and math.isfinite(r) and r > 0 for r in ranges)):
-            raise Int8Error(f"{path}: 'ranges' must be a list of positive numbers")
+        ranges, decoder = data.get("ranges"), data.get("decoder_ranges", [])   # older files: no decoder
+        for key, values, empty_ok in (("ranges", ranges, False), ("decoder_ranges", decoder, True)):
+            if (not isinstance(values, list) or not (values or empty_ok) or len(values) > 64
+                    or not all(isinstance(r, (int, float)) and math.isfinite(r) and r > 0 for r in values)):
+                raise Int8Error(f"{path}: '{key}' must be a list of positive numbers")
         return cls(tuple(float(r) for r in ranges), float(data.get("percentile", DEFAULT_PERCENTILE)),
-                   int(data.get("images", 0)))
+                   int(data.get("images", 0)), tuple(float(r) for r in decoder))
 
 
 def calibration_path(model_folder: str | os.PathLike) -> Path:
@@ -134,7 +139,7 @@ def _float_chain(chain: list, x: torch.Tensor, each_output: Callable[[torch.Tens
     return x
 
 
-def _upper_percentile(x: torch.Tensor, percentile: float) -> float:
+def upper_percentile(x: torch.Tensor, percentile: float) -> float:
     """The ``percentile``-th percentile of all of x's values (torch.quantile stops at 16M values)."""
     flat = x.reshape(-1)
     k = max(1, int(math.ceil(flat.numel() * (1 - percentile / 100))))
@@ -143,23 +148,41 @@ def _upper_percentile(x: torch.Tensor, percentile: float) -> float:
 
 @torch.no_grad()
 def calibrate(vgg: GreyVGGFeatures, mdn: MDN, grey_batches: Iterable[torch.Tensor],
-              percentile: float = DEFAULT_PERCENTILE) -> Int8Calibration:
-    """Activation ranges from batches of grey images ((B, 224, 224) uint8, VGG's grey), run in fp32."""
+              percentile: float = DEFAULT_PERCENTILE,
+              decoder: Callable[[torch.Tensor, torch.Tensor, float], list[float]] | None = None
+              ) -> Int8Calibration:
+    """Activation ranges from batches of grey images ((B, 224, 224) uint8, VGG's grey), run in fp32.
+
+    ``decoder(means, weights, percentile)``: the decoder's ranges for the batch's mixture ((B, K, D), (B, K)
+    float32), or None to leave the decoder float."""
     chain = conv_chain(vgg, mdn)
     sums: list[float] = []
+    decoder_sums: list[float] = []
     batches = images = 0
     for grey in grey_batches:
         x = (grey.reshape(-1, 1, VGG_SIZE, VGG_SIZE).float() * vgg.scale + vgg.offset)
         values: list[float] = []
-        _float_chain(chain, x.contiguous(memory_format=torch.channels_last),
-                     lambda out: values.append(_upper_percentile(out, percentile)))
+        features = _float_chain(chain, x.contiguous(memory_format=torch.channels_last),
+                                lambda out: values.append(upper_percentile(out, percentile)))
         sums = [a + b for a, b in zip(sums, values)] if sums else values
+        if decoder is not None:
+            found = decoder(*mixture_from_features(mdn, features), percentile)
+            decoder_sums = [a + b for a, b in zip(decoder_sums, found)] if decoder_sums else found
         batches += 1
         images += grey.shape[0]
     if not batches:
         raise Int8Error("no calibration images")
     # a layer that stayed all zero still needs a scale
-    return Int8Calibration(tuple(max(s / batches, 1e-6) for s in sums), percentile, images)
+    return Int8Calibration(tuple(max(s / batches, 1e-6) for s in sums), percentile, images,
+                           tuple(max(s / batches, 1e-6) for s in decoder_sums))
+
+
+def mixture_from_features(mdn: MDN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MDN's last convolution's ReLU output (B, 64, 4, 4) -> means (B, K, D), weights (B, K) float32: the
+    rest of MDN.forward (dropout: identity in eval; ReLU: a no-op after the last block's; fc)."""
+    params = mdn.fc(mdn.dropout(F.relu(x.flatten(1))))      # flatten: NCHW order (copies channels_last)
+    means, weights = split_mixture(params, mdn.cfg.components, mdn.cfg.latent)
+    return means.float(), weights.float()
 
 
 def _pool_u8(x: torch.Tensor) -> torch.Tensor:
@@ -262,11 +285,7 @@ class Int8Mixture:
 
     @torch.no_grad()
     def __call__(self, grey: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.features(grey).flatten(1)           # (B, 1024) in NCHW order (flatten copies channels_last)
-        # the rest of MDN.forward: dropout (identity in eval), ReLU (a no-op after the last block's), fc
-        params = self.mdn.fc(self.mdn.dropout(F.relu(x)))
-        means, weights = split_mixture(params, self.mdn.cfg.components, self.mdn.cfg.latent)
-        return means.float(), weights.float()
+        return mixture_from_features(self.mdn, self.features(grey))
 
 
 def int8_supported() -> bool:
