@@ -165,6 +165,23 @@ def test_sigterm_and_sighup_end_like_ctrl_c(tmp_path, tiny_run, sig):
         assert cv2.imread(str(p)) is not None, p
 
 
+def test_no_temporary_outlives_the_interrupt_sweep(tmp_path, monkeypatch):
+    # the sweep on SIGTERM/SIGHUP/Ctrl-C (exit_interrupted) while writer threads still run: their temporaries
+    # go, their renames fail, and no new temporary starts before the process exits
+    from colorize_cli.common import atomic
+
+    monkeypatch.setattr(atomic, "_ending", False)   # put back after: the sweep ends this process's writing
+    with pytest.raises(FileNotFoundError):
+        with atomic.atomic_write(tmp_path / "a.png") as f:
+            f.write(b"half")
+            assert atomic.remove_live_temporaries() == 1
+            f.write(b" more")                        # the writer carries on, into an unlinked file
+    with pytest.raises(InterruptedError):
+        with atomic.atomic_write(tmp_path / "b.png") as f:   # the next file of a --separate write
+            f.write(b"never")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_later_run_removes_temporaries_no_live_run_owns(tmp_path, tiny_run):
     import os as _os
 

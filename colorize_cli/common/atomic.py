@@ -45,6 +45,7 @@ FOREIGN_AGE_S = 3600
 
 _live: set[str] = set()          # this process's temporaries being written
 _live_lock = threading.Lock()
+_ending = False                  # remove_live_temporaries ran: the process is exiting, no new temporaries
 
 
 @contextmanager
@@ -52,8 +53,14 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a hidden temporary file beside ``path``; on success it replaces ``path``, on error it vanishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-h{HOST}-", suffix=TEMP_SUFFIX, dir=path.parent)
+    # made and registered under the lock, and refused once the interrupt's sweep has run: a writer thread
+    # between mkstemp and registering, or starting its next file (--separate writes several) while the process
+    # was exiting, left a temporary behind (a SIGTERM test caught one)
     with _live_lock:
+        if _ending:
+            raise InterruptedError("the run is ending: no new files")
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-h{HOST}-", suffix=TEMP_SUFFIX,
+                                   dir=path.parent)
         _live.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -73,8 +80,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
 
 def remove_live_temporaries() -> int:
     """Remove the temporaries this process is writing (on SIGTERM/SIGHUP/Ctrl-C, before exiting, while
-    writer threads may still hold them). Returns how many were removed."""
+    writer threads may still hold them), and refuse new ones from then on: the process is ending. Returns how
+    many were removed. (A writer whose temporary went carries on into an unlinked file; its rename fails and
+    nothing is written under the output's name.)"""
+    global _ending
     with _live_lock:
+        _ending = True
         paths = list(_live)
         _live.clear()
     removed = 0
