@@ -57,6 +57,29 @@ def test_decoder_forward_samples_equals_repeated_forward():
     torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=0)
 
 
+def test_upsampled_conv_is_the_convolution_of_the_upsampled_image():
+    # on the input grid by output phase, the border the direct way: the same function, to float64 rounding
+    import torch
+    import torch.nn.functional as F
+
+    from colorize_cli.model.networks import CVAE, upsampled_conv
+
+    torch.manual_seed(0)
+    for k, shape in ((5, (2, 3, 9, 7)), (3, (1, 4, 6, 11)), (5, (2, 64, 32, 32))):
+        x = torch.randn(*shape, dtype=torch.float64)
+        w, b = torch.randn(2, shape[1], k, k, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+        up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        exact = F.conv2d(up, w, b, padding=k // 2)
+        assert (upsampled_conv(x, w, b) - exact).abs().max() < 1e-12 * exact.abs().max()
+    model = CVAE().double().eval()
+    grey, z = torch.randn(2, 1, 64, 64, dtype=torch.float64), torch.randn(2, 3, 64, dtype=torch.float64)
+    with torch.no_grad():
+        feats = model.cond_encoder(grey)
+        direct = model.decoder.forward_samples(z, *feats)
+        polyphase = model.decoder.forward_samples(z, *feats, polyphase=True)
+    assert (polyphase - direct).abs().max() < 1e-12
+
+
 def test_vgg_architecture_is_torchvisions_vgg16_features():
     torchvision = pytest.importorskip("torchvision")
     from colorize_cli.model.vgg import VGG_LAYERS, vgg_architecture

@@ -273,7 +273,8 @@ class Colorizer:
             # the condition encoder (and the decoder's convolutions of its features) once per image,
             # the rest of the decoder once per sample
             feats = self.cvae.cond_encoder(grey)
-            ab = self.cvae.decoder.forward_samples(z, *feats)
+            # the last layer on the input grid (networks.upsampled_conv) on a CPU, where it halves that layer
+            ab = self.cvae.decoder.forward_samples(z, *feats, polyphase=self.device.type == "cpu")
         return ab.float()
 
     def _decode_int8(self, z: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ between layers is r_i = ReLU(g_i h_i) >= 0: quantized per tensor with zero point
 ``colorize calibrate`` like VGG's. The skip part of each convolution (the same for all samples of a photo)
 and M go in as oneDNN's fused sum before its ReLU; the condition encoder, the skip convolutions and the last
 convolution (2 output channels: oneDNN computes 16 either way, and quantizing its 64x64 input costs what int8
-saves) stay in float.
+saves; it runs on the 32x32 grid instead, networks.upsampled_conv) stay in float.
 
 Measured on a 2-core AMD EPYC (AVX-512 VNNI, BF16, no AMX), one thread, 16 photos x 8 samples: the decoder
 ~45 against ~60 ms per photo in bf16, its ab within bf16's own distance of fp32 (benchmarks/RESULTS.md).
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .int8 import DEFAULT_PERCENTILE, Int8Error, upper_percentile
-from .networks import Decoder, InferenceCVAE
+from .networks import Decoder, InferenceCVAE, upsampled_conv
 
 #: the decoder layers whose outputs feed an int8 convolution (conv1..conv3's; conv4's feeds the float conv5)
 QUANTIZED_INPUTS = 3
@@ -190,7 +190,6 @@ class Int8Decoder:
         beta4 = folded[3][1].reshape(1, -1, 1, 1).expand(1, w5.shape[1], 64, 64)
         self.w5 = w5.contiguous(memory_format=torch.channels_last)
         self.constant5 = F.conv2d(beta4, w5, dec.conv5.bias.float(), 1, dec.conv5.padding)   # (1, 2, 64, 64)
-        self.padding5 = dec.conv5.padding[0]
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, grey: torch.Tensor, bf16: bool) -> torch.Tensor:
@@ -209,5 +208,5 @@ class Int8Decoder:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 acc = conv.shared(skip, n, last if conv is self.convs[-1] else torch.float32)
             v = conv(_to_u8(_up(v)), acc)
-        out = F.conv2d(_up(v), self.w5.to(last), None, 1, self.padding5)
+        out = upsampled_conv(v, self.w5.to(last), None)          # conv5(up(v)), on v's 32 x 32 grid
         return torch.tanh(out.float() + self.constant5)
