@@ -63,7 +63,7 @@ def upsampled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     pixel_shuffle: 4x fewer products than convolving the upsampled image, and no upsampled image (the
     decoder's last layer on a CPU: ~90 against ~190 ms per 128 samples in bf16). The k // 2-pixel border,
     where the convolution pads the upsampled image with zeros (no filter of x does that), is computed the
-    direct way on strips. The same function up to float rounding (tests/test_int8.py, in fp64)."""
+    direct way on strips. The same function up to float rounding (tests/test_models.py, in fp64)."""
     k = weight.shape[-1]
     r = k // 2
     phase_weight, half = _phase_weight(weight.double())   # products in fp64, then the caller's dtype
