@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .int8 import DEFAULT_PERCENTILE, Int8Error, upper_percentile
-from .networks import Decoder, InferenceCVAE, upsampled_conv
+from .networks import Decoder, InferenceCVAE, upsample2, upsampled_conv
 
 #: the decoder layers whose outputs feed an int8 convolution (conv1..conv3's; conv4's feeds the float conv5)
 QUANTIZED_INPUTS = 3
@@ -55,10 +55,6 @@ def foldable(decoder: Decoder) -> bool:
     """Whether every BatchNorm scale is positive (only then does ReLU then BN fold into ReLU of a scaled
     input)."""
     return all(bool((_bn_scale_shift(bn)[0] > 0).all()) for _, bn in _layers(decoder))
-
-
-def _up(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 def _split(conv: torch.nn.Conv2d, per_sample_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +95,7 @@ def _folded_float(cvae: InferenceCVAE, z: torch.Tensor, grey: torch.Tensor, each
         r = F.relu(h * g.to(z.dtype)[:, None, None])
         if each_r is not None:
             each_r(r)
-        x = _up(r)
+        x = upsample2(r)
     w5 = dec.conv5.weight.to(z.dtype)
     const = F.conv2d(beta_prev.to(z.dtype).reshape(1, -1, 1, 1).expand(1, x.shape[1], *x.shape[2:]), w5,
                      dec.conv5.bias.to(z.dtype), 1, dec.conv5.padding)
@@ -207,6 +203,6 @@ class Int8Decoder:
         for conv, skip in zip(self.convs, (f8, f16, f32)):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 acc = conv.shared(skip, n, last if conv is self.convs[-1] else torch.float32)
-            v = conv(_to_u8(_up(v)), acc)
+            v = conv(_to_u8(upsample2(v)), acc)
         out = upsampled_conv(v, self.w5.to(last), None)          # conv5(up(v)), on v's 32 x 32 grid
         return torch.tanh(out.float() + self.constant5)

@@ -30,7 +30,8 @@ class MDNConfig:
         return asdict(self)
 
 
-def _up2(x: torch.Tensor) -> torch.Tensor:
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    """The decoder's upsampling: bilinear x2, align_corners=False (the seed's)."""
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
@@ -72,10 +73,10 @@ def upsampled_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     y = F.conv2d(padded, phase_weight, None if bias is None else bias.repeat_interleave(4))
     y = F.pixel_shuffle(y, 2)                                           # (M, O, 2H, 2W)
     n = r + 1                                                           # input rows under r output rows
-    y[:, :, :r] = F.conv2d(_up2(x[:, :, :n]), weight, bias, padding=r)[:, :, :r]
-    y[:, :, -r:] = F.conv2d(_up2(x[:, :, -n:]), weight, bias, padding=r)[:, :, -r:]
-    y[..., :r] = F.conv2d(_up2(x[..., :n]), weight, bias, padding=r)[..., :r]
-    y[..., -r:] = F.conv2d(_up2(x[..., -n:]), weight, bias, padding=r)[..., -r:]
+    y[:, :, :r] = F.conv2d(upsample2(x[:, :, :n]), weight, bias, padding=r)[:, :, :r]
+    y[:, :, -r:] = F.conv2d(upsample2(x[:, :, -n:]), weight, bias, padding=r)[:, :, -r:]
+    y[..., :r] = F.conv2d(upsample2(x[..., :n]), weight, bias, padding=r)[..., :r]
+    y[..., -r:] = F.conv2d(upsample2(x[..., -n:]), weight, bias, padding=r)[..., -r:]
     return y
 
 
@@ -136,10 +137,6 @@ class Decoder(nn.Module):
         self.conv4, self.bn4 = _conv_bn(128 * 2, 64, 5, 1)
         self.conv5 = nn.Conv2d(64, 2, 5, stride=1, padding=2)
 
-    @staticmethod
-    def _up(x: torch.Tensor, factor: int) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
-
     def forward(self, z: torch.Tensor, f32, f16, f8, f4) -> torch.Tensor:
         """z (B, latent) + the condition features of the same B images -> ab (B, 2, 64, 64)."""
         return self._layers(z, (f32, f16, f8, f4), lambda conv, x, skip: conv(torch.cat([x, skip], 1)))
@@ -171,12 +168,12 @@ class Decoder(nn.Module):
         # took 12% of the model's GPU time at batch 256)
         x = z.reshape(-1, self.latent, 1, 1).expand(-1, -1, 4, 4).contiguous(memory_format=torch.channels_last)
         x = self.bn1(F.relu(conv_with_skip(self.conv1, x, f4)))                  # (B, 512, 4, 4)
-        x = self.bn2(F.relu(conv_with_skip(self.conv2, self._up(x, 2), f8)))     # (B, 256, 8, 8)
-        x = self.bn3(F.relu(conv_with_skip(self.conv3, self._up(x, 2), f16)))    # (B, 128, 16, 16)
-        x = self.bn4(F.relu(conv_with_skip(self.conv4, self._up(x, 2), f32)))    # (B, 64, 32, 32)
+        x = self.bn2(F.relu(conv_with_skip(self.conv2, upsample2(x), f8)))     # (B, 256, 8, 8)
+        x = self.bn3(F.relu(conv_with_skip(self.conv3, upsample2(x), f16)))    # (B, 128, 16, 16)
+        x = self.bn4(F.relu(conv_with_skip(self.conv4, upsample2(x), f32)))    # (B, 64, 32, 32)
         if polyphase:
             return torch.tanh(upsampled_conv(x, self.conv5.weight, self.conv5.bias))
-        return torch.tanh(self.conv5(self._up(x, 2)))                             # (B, 2, 64, 64)
+        return torch.tanh(self.conv5(upsample2(x)))                             # (B, 2, 64, 64)
 
 
 class CVAE(nn.Module):
