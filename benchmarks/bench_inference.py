@@ -11,8 +11,9 @@ Rows (all with 8 samples per image):
       sample), fp32 and bf16, with the bf16-vs-fp32 difference of the ab outputs; on CUDA (CUDA graphs, the
       default) also the model on the device alone (inputs uploaded, latents and ab left on the GPU), the
       networks launched op by op (--no-cuda-graphs), and peak GPU memory (these rows with --no-int8); with
-      --int8 the int8 VGG + MDN with the decoder float and with the decoder's int8 convolutions too (the
-      default only on CPUs without AMX), in bf16 where the CPU has bf16 units;
+      --int8 the int8 VGG + MDN with the CVAE float, with the decoder in int8 but its condition encoder
+      float, and with both in int8 (the default only on CPUs without AMX), in bf16 where the CPU has bf16
+      units;
   (c) colorize end to end, file to file: the `colorize` command in a subprocess on a folder of LFW photos
       (and with --scans a folder of 2-12 megapixel scans): the rate over the whole wall time including
       start-up and model load, the steady rate (from the arrival times of its --json lines: the results
@@ -21,8 +22,9 @@ Rows (all with 8 samples per image):
       end-to-end row runs --repeat times, the runs of the rows interleaved; the median is shown, the range
       in the notes. On the CPU also jpg sheets with --cpu-streams 1 (one batch at a time on all the cores,
       against the default's two single-threaded streams) and, with --int8, png and jpg sheets with --int8 and
-      jpg sheets with --int8 and the decoder float (a copy of the model whose int8.json has no decoder
-      ranges). The settings column says what the defaults are.
+      jpg sheets with --int8 and the CVAE float, and with its condition encoder float (copies of the model
+      whose int8.json has none, or only the decoder's, of the CVAE's ranges). The settings column says what
+      the defaults are.
 Images: the first N of ../shared/data/lfw-splits/test.txt when ../shared is beside the repo (or where
 COLORIZE_SHARED points), repeated past its 1,000, else synthetic.
 The machine this was written on is shared and noisy (the same run varies up to 2x): compare rows of one run.
@@ -112,8 +114,9 @@ def _ab_difference(a: np.ndarray, b: np.ndarray) -> str:
     return f"mean {diff.mean():.4f}, max {diff.max():.4f}"
 
 
-def _without_decoder_ranges(model: str | None, folder: Path) -> Path:
-    """A copy of the model whose int8.json has no decoder ranges: --int8 with the decoder float."""
+def _with_decoder_ranges(model: str | None, folder: Path, keep: int) -> Path:
+    """A copy of the model whose int8.json keeps the first ``keep`` of its CVAE ranges: 0, --int8 with the
+    CVAE float; 3, with the condition encoder float (the decoder's 3 come first)."""
     from colorize_cli.model.int8 import CALIBRATION_FILE, Int8Calibration
     from colorize_cli.model.registry import resolve_model
 
@@ -123,7 +126,7 @@ def _without_decoder_ranges(model: str | None, folder: Path) -> Path:
     if (source.parent / "vgg.pt").is_file():   # a bundled model's manifest names the shared ../vgg.pt
         shutil.copy(source.parent / "vgg.pt", folder / "vgg.pt")
     cal = Int8Calibration.load(target / CALIBRATION_FILE)
-    Int8Calibration(cal.ranges, cal.percentile, cal.images).save(target / CALIBRATION_FILE)
+    Int8Calibration(cal.ranges, cal.percentile, cal.images, cal.decoder_ranges[:keep]).save(target / CALIBRATION_FILE)
     return target
 
 
@@ -322,9 +325,12 @@ def main() -> None:
         mode = "bf16" if use_bf16 else "fp32"
         float_decoder = None
         if args.int8:
-            float_decoder = _without_decoder_ranges(args.model, tmp / "float-decoder")   # for (c)
-            for label, int8_decoder in (("decoder float", False), ("decoder int8", True)):
-                quantized = Colorizer.load(args.model, device, int8=True, int8_decoder=int8_decoder)
+            float_decoder = _with_decoder_ranges(args.model, tmp / "float-decoder", 0)
+            float_encoder = _with_decoder_ranges(args.model, tmp / "float-encoder", 3)
+            for label, model, int8_decoder in (("CVAE float", args.model, False),
+                                               ("condition encoder float", str(float_encoder), True),
+                                               ("CVAE int8", args.model, True)):
+                quantized = Colorizer.load(model, device, int8=True, int8_decoder=int8_decoder)
                 rate, int8_ab = model_only(quantized, l64, l224, device, use_bf16, args.batch_size, passes)
                 show((f"(b) colorize model-only, --int8, {label}", f"{setting}, int8 + {mode}, batch "
                       f"{args.batch_size}", rate, f"|int8-fp32| ab: {_ab_difference(int8_ab, fp32_ab)}"))
@@ -352,9 +358,12 @@ def main() -> None:
             for fmt in ("png", "jpg"):
                 jobs[f"{e2e_count} LFW jpgs -> {fmt} sheets, --int8"] = (
                     tmp / "lfw-e2e", e2e_count, batch + ["--format", fmt, "--int8"])
-            jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --int8, decoder float"] = (
+            jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --int8, CVAE float"] = (
                 tmp / "lfw-e2e", e2e_count,
                 batch + ["--format", "jpg", "--int8", "--model", str(float_decoder)])
+            jobs[f"{e2e_count} LFW jpgs -> jpg sheets, --int8, condition encoder float"] = (
+                tmp / "lfw-e2e", e2e_count,
+                batch + ["--format", "jpg", "--int8", "--model", str(float_encoder)])
         if args.scans:
             jobs["4 scans 2-12 MP -> png sheets"] = (tmp / "scans", len(_scan_images(tmp / "scans")), [])
         runs: dict[str, list[EndToEnd]] = {name: [] for name in jobs}

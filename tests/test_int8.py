@@ -22,7 +22,7 @@ from colorize_cli.model.int8 import (
     fold_batchnorm,
     int8_supported,
 )
-from colorize_cli.model.int8_decoder import Int8Decoder, _folded_float, foldable
+from colorize_cli.model.int8_decoder import Int8Decoder, _folded_encoder, _folded_float, decoder_ranges, foldable
 from colorize_cli.model.networks import CVAEConfig, InferenceCVAE
 from colorize_cli.training.calibrate import calibrate_photos
 
@@ -69,16 +69,28 @@ def test_decoder_folding_is_exact_in_fp64():
     cvae = _random_decoder(0)
     z = torch.randn(2, 3, 64, dtype=torch.float64)
     grey = torch.rand(2, 1, 64, 64, dtype=torch.float64) * 2 - 1
-    exact = cvae.decoder.forward_samples(z, *cvae.cond_encoder(grey))
+    features = cvae.cond_encoder(grey)
+    exact = cvae.decoder.forward_samples(z, *features)
     folded = _folded_float(cvae, z, grey)
     assert folded.shape == exact.shape == (6, 2, 64, 64)
     assert (folded - exact).abs().max() < 1e-12
-    assert foldable(cvae.decoder)
+    # the condition encoder folded the same way: its features are r + beta
+    for mine, theirs in zip(_folded_encoder(cvae, grey), features, strict=True):
+        assert (mine - theirs).abs().max() < 1e-12 * theirs.abs().max()
+    assert foldable(cvae.decoder) and foldable(cvae.decoder, cvae)
     # a negative BatchNorm scale does not fold: no int8 decoder, and calibration leaves the decoder float
     bad = _random_decoder(0, negative_scale=True)
     assert not foldable(bad.decoder)
     with pytest.raises(Int8Error, match="do not fold"):
         Int8Decoder(bad.float(), (1.0, 1.0, 1.0))
+    # the same for the condition encoder: its ranges are left out, so it stays float
+    bad_encoder = _random_decoder(0)
+    bad_encoder.cond_encoder.bn2.weight.data[3] = -0.5
+    assert foldable(bad_encoder.decoder) and not foldable(bad_encoder.decoder, bad_encoder)
+    assert len(decoder_ranges(bad_encoder, z, grey)) == 3 and len(decoder_ranges(cvae, z, grey)) == 6
+    with pytest.raises(Int8Error, match="do not fold"):
+        Int8Decoder(bad_encoder.float(), (1.0,) * 6)
+    assert Int8Decoder(bad_encoder.float(), (1.0,) * 3).encoder is None
 
 
 def test_calibration_file_round_trip_and_errors(tmp_path):
@@ -117,7 +129,8 @@ def test_int8_close_to_fp32_on_a_trained_run(tiny_run, synthetic_dataset):
     assert len(calibration.ranges) == sum(1 for s in conv_chain(colorizer.vgg, colorizer.mdn) if s != "pool") == 17
     assert calibration.decoder_ranges == ()     # no CVAE given: the decoder stays float
     with_decoder, _ = calibrate_photos(colorizer.vgg, colorizer.mdn, paths, batch_size=8, cvae=colorizer.cvae)
-    assert with_decoder.ranges == calibration.ranges and len(with_decoder.decoder_ranges) == 3
+    # the decoder's 3 ranges, then the condition encoder's 3
+    assert with_decoder.ranges == calibration.ranges and len(with_decoder.decoder_ranges) == 6
     import cv2
 
     from colorize_cli.model.colorizer import prepare
@@ -137,9 +150,12 @@ def test_int8_close_to_fp32_on_a_trained_run(tiny_run, synthetic_dataset):
     l64 = np.stack([prepare(cv2.imread(str(p))).l64 for p in paths[:6]])
     grey = colorizer._cvae_grey[torch.from_numpy(l64).long()][:, None]
     exact = colorizer._decode_eager(z, grey)
-    quick = Int8Decoder(colorizer.cvae, with_decoder.decoder_ranges)(z, grey, bf16=False)
-    assert quick.shape == exact.shape == (24, 2, 64, 64)
-    assert (quick - exact).abs().mean() < 0.05 * exact.std()
+    for ranges in (with_decoder.decoder_ranges, with_decoder.decoder_ranges[:3]):   # an older file: 3
+        quick = Int8Decoder(colorizer.cvae, ranges)
+        assert (quick.encoder is None) == (len(ranges) == 3)
+        out = quick(z, grey, bf16=False)
+        assert out.shape == exact.shape == (24, 2, 64, 64)
+        assert (out - exact).abs().mean() < 0.05 * exact.std()
 
 
 @pytest.mark.parametrize("name", ["general", "faces"])
@@ -202,13 +218,15 @@ def test_cli_calibrate_then_int8(tmp_path, tiny_run, synthetic_dataset):
     result = runner.invoke(main, [str(photos), "--model", str(run), "--device", "cpu", "--int8", "--quiet"])
     assert result.exit_code == 2
     assert "colorize calibrate" in result.output
+    # the photos decoded while the model loaded keep no claim (engine/batch.py)
+    assert not [p.name for p in photos.iterdir() if p.name.startswith(".")]
     (photos / "broken.jpg").write_bytes(b"not a jpeg")
     result = runner.invoke(main, ["calibrate", str(photos), "--model", str(run), "--images", "8", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     assert "broken.jpg" in result.output
     assert "warning: ranges from 4 photos" in result.output
     cal = Int8Calibration.load(run / CALIBRATION_FILE)
-    assert cal.images == 4 and len(cal.ranges) == 17 and len(cal.decoder_ranges) == 3
+    assert cal.images == 4 and len(cal.ranges) == 17 and len(cal.decoder_ranges) == 6
     result = runner.invoke(main, [str(photos), "--model", str(run), "--device", "cpu", "--int8", "--no-bf16",
                                   "--json", "--samples", "3"])
     assert result.exit_code == 1   # broken.jpg

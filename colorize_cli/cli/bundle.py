@@ -29,6 +29,7 @@ def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
     """Measure the activation ranges that --int8 needs, on photos like the ones to colorize (CPU, fp32)."""
     from ..model.colorizer import Colorizer
     from ..model.int8 import DEFAULT_PERCENTILE, calibration_path
+    from ..model.int8_decoder import QUANTIZED_INPUTS
     from ..model.registry import resolve_model
     from ..training.calibrate import calibrate_photos
 
@@ -53,8 +54,9 @@ def calibrate_cmd(data, list_file, model, out, images, percentile, batch_size):
     except OSError as err:
         click.echo(f"colorize: error: cannot write {target}: {err}", err=True)
         sys.exit(1)
-    decoder = ("" if calibration.decoder_ranges
-               else "; the decoder stays float (its BatchNorm scales do not fold)")
+    decoder = ("; the decoder stays float (its BatchNorm scales do not fold)" if not calibration.decoder_ranges
+               else "; the condition encoder stays float (its BatchNorm scales do not fold)"
+               if len(calibration.decoder_ranges) == QUANTIZED_INPUTS else "")
     reporter.log(f"wrote {target} ({calibration.images} photos{decoder})")
     if calibration.images < MIN_CALIBRATION_PHOTOS:
         click.echo(f"colorize: warning: ranges from {calibration.images} photos; photos unlike them may be "

@@ -91,8 +91,11 @@ def run_cmd(paths, samples, model, output, separate, fmt, sheet_size, quality, d
     photo itself, full size) beside each input, or under --output. Existing outputs are skipped, so reruns
     only do new photos. Exit code: 0 all done or skipped, 1 some inputs failed, 2 usage error.
     """
-    from ..engine.runner import run_batch_command
-    from ..model.registry import ModelNotFoundError, resolve_model
+    from ..common.process import paused_collector
+
+    with paused_collector():   # torch's import (common/process.py)
+        from ..engine.runner import run_batch_command
+        from ..model.registry import ModelNotFoundError, resolve_model
 
     if not paths:
         raise click.UsageError("no PATH given (a photo, a folder, or - for paths on stdin)")

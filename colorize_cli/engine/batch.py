@@ -67,30 +67,41 @@ def _decode(item: InputItem, overwrite: bool = True, max_pixels: int = MAX_PIXEL
     return _Decoded(item, prep, img.alpha, None, t0, img.warnings, img.meta)
 
 
-def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOptions) -> Iterator[ItemResult]:
+def colorize_items(items: list[InputItem], colorizer: Colorizer | None, opts: BatchOptions,
+                   load: Callable[[], Colorizer] | None = None) -> Iterator[ItemResult]:
     """Colorize planned inputs as a stream, yielding one result per input in input order.
 
     At most a few batches are in flight at once (decoding ahead, writing behind), so memory stays
     bounded however many files there are. Decoding and writing run in threads (OpenCV releases the GIL),
-    overlapping the model.
+    overlapping the model. ``colorizer``: the model, or None and ``load`` a function that loads it: the
+    first photos are then decoded while it loads.
     """
     pending_items = deque(items)
-    model_name = colorizer.info.get("model")
-    batch_size = opts.batch_size or default_batch_size(colorizer.device.type)
-    device_sheets = colorizer.merges_on_device if opts.device_sheets is None else opts.device_sheets
-    lookahead = max(2 * batch_size, opts.workers * 2)
     pool = ThreadPoolExecutor(opts.workers, thread_name_prefix="colorize-io", initializer=_name_io_thread)
     interrupted = False
+    decoding: deque[Future] = deque()
+    lookahead = max(2 * (opts.batch_size or default_batch_size("cpu")), opts.workers * 2)
+
+    def refill() -> None:
+        while pending_items and len(decoding) < lookahead:
+            decoding.append(pool.submit(_decode, pending_items.popleft(), opts.overwrite,
+                                        opts.max_pixels, True, opts.run_id))
+
     try:
-        decoding: deque[Future] = deque()
+        if colorizer is None:
+            refill()   # the loading takes the main thread (~0.3 s): the I/O threads decode meanwhile
+            try:
+                colorizer = load()
+            except BaseException:
+                _release_decoded(decoding)   # no model (a usage error, Ctrl-C): leave no claim behind
+                raise
+        model_name = colorizer.info.get("model")
+        batch_size = opts.batch_size or default_batch_size(colorizer.device.type)
+        device_sheets = colorizer.merges_on_device if opts.device_sheets is None else opts.device_sheets
+        lookahead = max(2 * batch_size, opts.workers * 2)
         # results in input order: finished ones, or writes under way with the bytes of the sheet they hold
         writing: deque[tuple[Future | ItemResult, int]] = deque()
         held = [0]   # bytes of GPU-merged sheets in ``writing``
-
-        def refill() -> None:
-            while pending_items and len(decoding) < lookahead:
-                decoding.append(pool.submit(_decode, pending_items.popleft(), opts.overwrite,
-                                            opts.max_pixels, True, opts.run_id))
 
         def drain(limit: int) -> Iterator[ItemResult]:
             # wait while more than ``limit`` writes (or HELD_SHEET_BYTES of sheets) are in flight; pass on
@@ -173,6 +184,21 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer, opts: BatchOpti
         pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
 
 
+def _release_decoded(decoding: deque[Future]) -> None:
+    """The claims of inputs decoded (or being decoded) for a batch that will not run: released."""
+    for future in decoding:
+        future.cancel()
+    for future in decoding:
+        if future.cancelled():
+            continue
+        try:
+            got = future.result()
+        except BaseException:   # a decode that failed unexpectedly has nothing to release
+            continue
+        if isinstance(got, _Decoded):
+            release(got.item)
+
+
 def pick(items: list[InputItem], numbers: list[list[int]], colorizer: Colorizer,
          opts: BatchOptions) -> Iterator[ItemResult]:
     """Write chosen samples of planned inputs at full resolution, under the names ``--separate`` gives them
@@ -225,7 +251,7 @@ def run_paths(paths: Iterable[str], colorizer_factory: Callable[[], Colorizer] |
         if engine is not None:
             yield from engine(found.items)
         else:
-            yield from colorize_items(found.items, colorizer_factory(), opts)
+            yield from colorize_items(found.items, None, opts, colorizer_factory)
 
     return found, stream()
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..common.process import paused_collector
+
 if TYPE_CHECKING:
     from ..model.colorizer import LoadOptions
     from .plan import BatchOptions
@@ -52,7 +54,8 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
         from ..model.device import DeviceError
 
         try:
-            colorizer = run.model.load()
+            with paused_collector():
+                colorizer = run.model.load()
         except DeviceError as err:
             raise _UsageFailure(str(err)) from err
         except (FileNotFoundError, RuntimeError, ValueError) as err:
@@ -87,7 +90,8 @@ def run_batch_command(paths: list[str], run: RunOptions) -> int:
             _err(f"error: {err}")
             return EXIT_USAGE
     else:
-        from .batch import run_paths
+        with paused_collector():   # the model's modules
+            from .batch import run_paths
 
         found, results = run_paths(paths, load_colorizer, opts, run.recursive)
     for missing in found.missing:

@@ -134,9 +134,10 @@ class Colorizer:
             if not int8_supported():
                 raise Int8Error("this torch build has no oneDNN int8 convolutions (torch.ops.onednn.qconv2d_pointwise)")
             self._mixture_net = Int8Mixture(self.vgg, self.mdn, int8)
-            # the decoder in int8 (``int8_decoder``, default: where it pays): on a 2-core AVX-512 VNNI CPU
-            # without AMX ~45 against ~60 ms per photo in bf16; with AMX the bf16 decoder took 11.5 ms, less
-            # than the int8 one's float upsampling and quantizing alone, so it stays bf16 there
+            # the CVAE in int8 (``int8_decoder``, default: where it pays): on a 2-core AVX-512 VNNI CPU
+            # without AMX, condition encoder + decoder 33 against 55 ms per photo in bf16; with AMX the bf16
+            # decoder took 11.5 ms, less than the int8 one's float upsampling and quantizing alone, so it
+            # stays bf16 there
             if int8_decoder is None:
                 int8_decoder = not cpu_has_amx()
             if int8.decoder_ranges and int8_decoder and not compile_backend:

@@ -5,8 +5,8 @@ into its convolutions first, exact in eval mode). Activations: uint8 per tensor;
 output is a ReLU's, so its zero point is 0 and only its range is needed, measured once on calibration photos
 (``colorize calibrate``) and kept as ``int8.json`` beside the model. From the grey input to the MDN's last
 convolution the activations stay uint8 (max-pooling commutes with the monotone quantization, so it is exact
-on them); the MDN's fc is not quantized. The CVAE decoder's per-sample convolutions are int8 too where the
-calibration carries their ranges (``decoder_ranges``, int8_decoder.py).
+on them); the MDN's fc is not quantized. The CVAE's condition encoder and the decoder's convolutions are int8
+too where the calibration carries their ranges (``decoder_ranges``, int8_decoder.py).
 
 On this project's 2-core AMX CPU the quantized VGG + MDN took 0.66-0.70 s per batch of 16 against 1.4-1.7 s in
 bf16 (2.0-2.5x; the whole model ~1.9x, see README, Speed).
@@ -49,7 +49,8 @@ class Int8Error(ValueError):
 @dataclass(frozen=True)
 class Int8Calibration:
     """Activation ranges of the quantized layers, in chain order (VGG's 10 convolutions, then the MDN's 7),
-    and of the decoder's int8 convolutions' inputs (3, or none: the decoder stays float)."""
+    and of the CVAE's int8 convolutions' inputs: the decoder's 3, then the condition encoder's 3 (older
+    files: the decoder's 3 alone, the encoder stays float; or none, the decoder stays float too)."""
 
     ranges: tuple[float, ...]
     percentile: float = DEFAULT_PERCENTILE

@@ -1,5 +1,5 @@
-"""int8 calibration from photo files: their L through VGG + the MDN trunk, and the mixture's means through the
-CVAE decoder, each quantized layer's activation range."""
+"""int8 calibration from photo files: their L through VGG + the MDN trunk, and through the CVAE's condition
+encoder with the mixture's means through its decoder, each quantized layer's activation range."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def calibrate_photos(vgg: GreyVGGFeatures, mdn: MDN, paths: Sequence[Path], batc
                      cvae: InferenceCVAE | None = None) -> tuple[Int8Calibration | None, list[str]]:
     """``calibrate`` on photo files (their L only): the calibration (None if none could be read) and one
     line per unreadable file. With ``cvae`` (and a decoder that folds) also the decoder's ranges, measured on
-    the mixture's K means as inference decodes them."""
+    the mixture's K means as inference decodes them, and the condition encoder's (where it folds too)."""
     skipped: list[str] = []
     grey64: list[torch.Tensor] = []    # the batch in flight's L at 64 px, the CVAE's normalised grey
 
