@@ -11,13 +11,13 @@ collections go on as usual for the rest, so a long run's cycles are still freed.
 only; 1.29-1.32 s paused and frozen.
 
 The allocator: a batch's activations are blocks of up to tens of MB, made and freed per layer. glibc's
-malloc gives blocks past a threshold that it moves as they are freed their own mmap, and returns freed memory
-at the heap's top to the system: every batch then pays the kernel for fresh zeroed pages. With the
-threshold fixed at its largest (32 MB), 256 MB of headroom kept at the top and no trimming (below 2 GB), they come from
-the heap and are reused. 128 LFW photos end to end on that CPU: page faults 0.8-0.9 M -> 0.48-0.54 M, system
-time 1.9-2.1 -> 1.2-1.4 s, wall 12.3-12.5 -> 12.0-12.1 s. The memory kept: 1,500 photos peaked at 1.53
-against 1.35 GiB (resident 1.40 against 1.23 GiB, growing 9 against 53 MiB from the 300th photo on), one 50 MP
-scan at 1.24 against 1.18 GiB (benchmarks/bench_memory.py).
+malloc gives blocks past a threshold that it moves as they are freed their own mmap, and returns freed
+memory at the heap's top to the system: every batch then pays the kernel for fresh zeroed pages. With the
+threshold fixed at its largest (32 MB), 256 MB of headroom kept at the top and no trimming (below 2 GB),
+they come from the heap and are reused. 128 LFW photos end to end on that CPU: page faults 0.8-0.9 M ->
+0.48-0.54 M, system time 1.9-2.1 -> 1.2-1.4 s, wall 12.3-12.5 -> 12.0-12.1 s. The memory kept: 1,500 photos
+peaked at 1.53 against 1.35 GiB (resident 1.40 against 1.23 GiB, growing 9 against 53 MiB from the 300th
+photo on), one 50 MP scan at 1.24 against 1.18 GiB (benchmarks/bench_memory.py).
 
 Both are for the program alone: in another process (a test session, a library user's) objects frozen now
 and dropped later would never have their cycles collected, and the allocator is that process's to set.

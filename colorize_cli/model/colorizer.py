@@ -135,7 +135,7 @@ class Colorizer:
                 raise Int8Error("this torch build has no oneDNN int8 convolutions (torch.ops.onednn.qconv2d_pointwise)")
             self._mixture_net = Int8Mixture(self.vgg, self.mdn, int8)
             # the CVAE in int8 (``int8_decoder``, default: where it pays): on a 2-core AVX-512 VNNI CPU
-            # without AMX, condition encoder + decoder 33 against 55 ms per photo in bf16; with AMX the bf16
+            # without AMX, condition encoder + decoder 32 against 55 ms per photo in bf16; with AMX the bf16
             # decoder took 11.5 ms, less than the int8 one's float upsampling and quantizing alone, so it
             # stays bf16 there
             if int8_decoder is None:

@@ -20,8 +20,8 @@ last (2 output channels: oneDNN computes 16 either way, and quantizing its 64x64
 it runs on the 32x32 grid instead, networks.upsampled_conv) stay in float.
 
 Measured on a 2-core AMD EPYC (AVX-512 VNNI, BF16, no AMX), one thread, 16 LFW photos x 8 samples: the
-condition encoder and decoder 33 ms per photo (the decoder alone in int8: 37; all in bf16: ~55), the ab
-0.00049 from fp32's on average (the decoder alone in int8: 0.00044) (benchmarks/RESULTS.md)."""
+condition encoder and decoder 32 ms per photo (the decoder alone in int8: 37; all in bf16: ~55), the ab
+0.00050 from fp32's on average (the decoder alone in int8: 0.00044) (benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -319,7 +319,8 @@ class Int8Decoder:
         if self.encoder is not None:
             *skips, f4 = self.encoder(grey)                 # r_1, r_2, r_3 uint8; f4 float32
             f32, f16, f8 = skips
-            f4s = F.conv2d(f4, self.w1s.float(), self.b1, 1, self.padding1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):   # 75 M multiply-adds per photo
+                f4s = F.conv2d(f4, self.w1s, self.b1, 1, self.padding1)
         else:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 f32, f16, f8, f4 = self.cvae.cond_encoder(grey)
