@@ -17,7 +17,9 @@ threshold fixed at its largest (32 MB), 256 MB of headroom kept at the top and n
 they come from the heap and are reused. 128 LFW photos end to end on that CPU: page faults 0.8-0.9 M ->
 0.48-0.54 M, system time 1.9-2.1 -> 1.2-1.4 s, wall 12.3-12.5 -> 12.0-12.1 s. The memory kept: 1,500 photos
 peaked at 1.53 against 1.35 GiB (resident 1.40 against 1.23 GiB, growing 9 against 53 MiB from the 300th
-photo on), one 50 MP scan at 1.24 against 1.18 GiB (benchmarks/bench_memory.py).
+photo on), one 50 MP scan at 1.24 against 1.18 GiB (benchmarks/bench_memory.py), and written whole
+(``--samples 1``) at 1.44 against 1.26 GiB. Paired runs (4 each, 128 LFW photos): 11.94 s on average with
+these settings, 12.10 s without the top pad, 12.32 s with none.
 
 Both are for the program alone: in another process (a test session, a library user's) objects frozen now
 and dropped later would never have their cycles collected, and the allocator is that process's to set.
