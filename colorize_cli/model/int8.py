@@ -195,20 +195,57 @@ def _pool_u8(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(rows[..., :c], rows[..., c:]).permute(0, 3, 1, 2)
 
 
-@dataclass(frozen=True)
-class _QuantLayer:
-    """One quantized conv + ReLU, as oneDNN takes it."""
+class Int8Conv:
+    """A float convolution (weight (out, in, k, k), bias or None) as oneDNN's u8 x s8 convolution of uint8
+    inputs of a fixed scale and zero point: int8 weights per output channel, symmetric; prepacked once per
+    input shape (oneDNN's blocked layout depends on it, and an unprepacked weight is reordered on every call:
+    0.36 s for the MDN's first layer). Shared by VGG + MDN here and the CVAE (int8_decoder.py)."""
 
-    weight: torch.Tensor          # (out, in, k, k) int8, unpacked (packed per batch size)
-    weight_scale: torch.Tensor    # (out,) float32
-    weight_zero: torch.Tensor     # (out,) int64 zeros (symmetric)
-    bias: torch.Tensor            # (out,) float32
-    stride: int
-    padding: int
-    in_scale: float
-    in_zero: int
-    out_scale: float
-    pool_before: bool             # a 2x2 max-pool of its input first
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, in_scale: float, stride: int,
+                 padding: int, in_zero: int = 0):
+        w = weight.float()
+        self.weight_scale = (w.reshape(w.shape[0], -1).abs().amax(1).clamp_min(1e-12) / 127).float()
+        self.weight = torch.round(w / self.weight_scale[:, None, None, None]).clamp(-127, 127).to(torch.int8)
+        self.weight_zero = torch.zeros(w.shape[0], dtype=torch.long)
+        self.bias = None if bias is None else bias.float().contiguous()
+        self.in_scale, self.in_zero, self.stride, self.padding = in_scale, in_zero, stride, padding
+        self._packed: dict[tuple, torch.Tensor] = {}
+        self._lock = threading.Lock()   # CPU streams share it
+
+    def _weight_for(self, q: torch.Tensor) -> torch.Tensor:
+        shape = tuple(q.shape)
+        with self._lock:
+            if shape not in self._packed:
+                if len(self._packed) >= 4:   # few shapes occur: the batch size and a last, shorter batch
+                    self._packed.pop(next(iter(self._packed)))
+                self._packed[shape] = torch.ops.onednn.qconv_prepack(
+                    self.weight, self.weight_scale, self.in_scale, self.in_zero, [self.stride] * 2,
+                    [self.padding] * 2, [1, 1], 1, list(shape))
+            return self._packed[shape]
+
+    def _pointwise(self, q: torch.Tensor, out_scale: float, out_dtype, attr: str) -> torch.Tensor:
+        return torch.ops.onednn.qconv2d_pointwise(
+            q, self.in_scale, self.in_zero, self._weight_for(q), self.weight_scale, self.weight_zero, self.bias,
+            [self.stride] * 2, [self.padding] * 2, [1, 1], 1, out_scale, 0, out_dtype, attr, [], "")
+
+    def relu(self, q: torch.Tensor, out_scale: float | None) -> torch.Tensor:
+        """q (M, in, H, W) uint8 channels_last -> ReLU(conv(q) + bias): uint8 of scale ``out_scale`` (zero point
+        0), or float32 when it is None."""
+        if out_scale is None:
+            return self._pointwise(q, 1.0, torch.float32, "relu")
+        return self._pointwise(q, out_scale, None, "relu")
+
+    def plus(self, q: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        """q (M, in, H, W) uint8 channels_last -> ReLU(conv(q) + bias + acc), in acc's dtype (acc is
+        overwritten)."""
+        return torch.ops.onednn.qconv2d_pointwise.binary(
+            q, self.in_scale, self.in_zero, self._weight_for(q), self.weight_scale, self.weight_zero, acc,
+            self.bias, [self.stride] * 2, [self.padding] * 2, [1, 1], 1, 1.0, 0, acc.dtype, 1.0, 0, "sum", 1.0,
+            "relu", [], "")
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        """q (M, in, H, W) uint8 channels_last -> conv(q) + bias, float32."""
+        return self._pointwise(q, 1.0, torch.float32, "none")
 
 
 class Int8Mixture:
@@ -229,59 +266,32 @@ class Int8Mixture:
         input_scale = (high - low) / 255
         input_zero = int(round(-low / input_scale))
         self.input_table = torch.clamp(torch.round(normalised / input_scale) + input_zero, 0, 255).to(torch.uint8)
-        # int8 weights per output channel; each layer's input scale is the previous layer's output scale. Only
-        # these are kept (not the float weights, nor the folded MDN copies)
-        self.layers: list[_QuantLayer] = []
+        # (convolution, its output's scale, whether a 2x2 max-pool of its input comes first); each layer's input
+        # scale is the previous layer's output scale. Only the int8 weights are kept (not the float ones, nor
+        # the folded MDN copies)
+        self.layers: list[tuple[Int8Conv, float, bool]] = []
         in_scale, in_zero, pool = input_scale, input_zero, False
         ranges = iter(calibration.ranges)
         for step in chain:
             if step is POOL:
                 pool = True
                 continue
-            w = step.weight.reshape(step.weight.shape[0], -1)
-            w_scale = (w.abs().amax(1).clamp_min(1e-12) / 127).float()
-            w_int8 = torch.round(step.weight / w_scale[:, None, None, None]).clamp(-127, 127).to(torch.int8)
             out_scale = next(ranges) / 255
-            self.layers.append(_QuantLayer(w_int8, w_scale, torch.zeros(len(w_scale), dtype=torch.long),
-                                           step.bias.contiguous(), step.stride, step.padding, in_scale, in_zero,
-                                           out_scale, pool))
+            self.layers.append((Int8Conv(step.weight, step.bias, in_scale, step.stride, step.padding, in_zero),
+                                out_scale, pool))
             in_scale, in_zero, pool = out_scale, 0, False
-        # prepacked for oneDNN per batch size: its blocked layout depends on the shapes, and an unprepacked weight
-        # is reordered on every call (0.36 s for the MDN's first layer). Locked: CPU streams share this object
-        self._packed: dict[int, list[torch.Tensor]] = {}
-        self._lock = threading.Lock()
-
-    def _packed_weights(self, batch: int) -> list[torch.Tensor]:
-        with self._lock:
-            if batch not in self._packed:
-                packed, hw = [], VGG_SIZE
-                for layer in self.layers:
-                    hw //= 2 if layer.pool_before else 1
-                    packed.append(torch.ops.onednn.qconv_prepack(
-                        layer.weight, layer.weight_scale, layer.in_scale, layer.in_zero, [layer.stride] * 2,
-                        [layer.padding] * 2, [1, 1], 1, [batch, layer.weight.shape[1], hw, hw]))
-                    hw = (hw + 2 * layer.padding - layer.weight.shape[2]) // layer.stride + 1
-                # few batch sizes occur in a run (the batch size and the last, shorter batch)
-                if len(self._packed) >= 4:
-                    self._packed.pop(next(iter(self._packed)))
-                self._packed[batch] = packed
-            return self._packed[batch]
 
     def features(self, grey: torch.Tensor) -> torch.Tensor:
         """Grey (B, 224, 224) uint8 -> the MDN's last convolution's ReLU output (B, 64, 4, 4) float32."""
         batch = grey.shape[0]
-        packed = self._packed_weights(batch)
         # (B, 224, 224, 3) uint8 is NHWC memory: as (B, 3, 224, 224) it is channels_last, oneDNN's layout
         x = self.input_table[grey.reshape(batch, VGG_SIZE, VGG_SIZE).long()].permute(0, 3, 1, 2)
         last = len(self.layers) - 1
-        for i, (layer, weight) in enumerate(zip(self.layers, packed)):
-            if layer.pool_before:
+        for i, (conv, out_scale, pool_before) in enumerate(self.layers):
+            if pool_before:
                 x = _pool_u8(x)
-            # uint8 out (scale out_scale, zero point 0), or float32 for the last (a float output takes scale 1)
-            x = torch.ops.onednn.qconv2d_pointwise(
-                x, layer.in_scale, layer.in_zero, weight, layer.weight_scale, layer.weight_zero, layer.bias,
-                [layer.stride] * 2, [layer.padding] * 2, [1, 1], 1, 1.0 if i == last else layer.out_scale, 0,
-                torch.float32 if i == last else None, "relu", [], "")
+            # uint8 out (scale out_scale, zero point 0), or float32 for the last
+            x = conv.relu(x, None if i == last else out_scale)
         return x
 
     @torch.no_grad()

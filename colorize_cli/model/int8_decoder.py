@@ -25,13 +25,12 @@ condition encoder and decoder 32 ms per photo (the decoder alone in int8: 37; al
 
 from __future__ import annotations
 
-import threading
 import warnings
 
 import torch
 import torch.nn.functional as F
 
-from .int8 import DEFAULT_PERCENTILE, Int8Error, upper_percentile
+from .int8 import DEFAULT_PERCENTILE, Int8Conv, Int8Error, upper_percentile
 from .networks import Decoder, InferenceCVAE, upsample2, upsampled_conv
 
 #: the decoder layers whose outputs feed an int8 convolution (conv1..conv3's; conv4's feeds the float conv5)
@@ -143,45 +142,6 @@ def _folded_float(cvae: InferenceCVAE, z: torch.Tensor, grey: torch.Tensor, each
     return torch.tanh(F.conv2d(x, w5, None, 1, dec.conv5.padding) + const)
 
 
-class _Int8Conv:
-    """A float convolution's weight (out, in, k, k) as oneDNN's u8 x s8 convolution of uint8 inputs of a fixed
-    scale (zero point 0), per output channel symmetric int8 weights, prepacked once per input shape (its
-    blocked layout depends on it)."""
-
-    def __init__(self, weight: torch.Tensor, in_scale: float, stride: int, padding: int):
-        w = weight.float()
-        self.weight_scale = (w.reshape(w.shape[0], -1).abs().amax(1).clamp_min(1e-12) / 127).float()
-        self.weight = torch.round(w / self.weight_scale[:, None, None, None]).clamp(-127, 127).to(torch.int8)
-        self.weight_zero = torch.zeros(w.shape[0], dtype=torch.long)
-        self.in_scale, self.stride, self.padding = in_scale, stride, padding
-        self._packed: dict[tuple, torch.Tensor] = {}
-        self._lock = threading.Lock()   # CPU streams share it
-
-    def _weight_for(self, q: torch.Tensor) -> torch.Tensor:
-        shape = tuple(q.shape)
-        with self._lock:
-            if shape not in self._packed:
-                if len(self._packed) >= 4:   # few shapes occur: the batch size and a last, shorter batch
-                    self._packed.pop(next(iter(self._packed)))
-                self._packed[shape] = torch.ops.onednn.qconv_prepack(
-                    self.weight, self.weight_scale, self.in_scale, 0, [self.stride] * 2, [self.padding] * 2,
-                    [1, 1], 1, list(shape))
-            return self._packed[shape]
-
-    def plus(self, q: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        """q (M, in, H, W) uint8 channels_last -> ReLU(conv(q) + acc), in acc's dtype (acc is overwritten)."""
-        return torch.ops.onednn.qconv2d_pointwise.binary(
-            q, self.in_scale, 0, self._weight_for(q), self.weight_scale, self.weight_zero, acc, None,
-            [self.stride] * 2, [self.padding] * 2, [1, 1], 1, 1.0, 0, acc.dtype, 1.0, 0, "sum", 1.0, "relu",
-            [], "")
-
-    def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        """q (M, in, H, W) uint8 channels_last -> conv(q) float32, no bias."""
-        return torch.ops.onednn.qconv2d_pointwise(
-            q, self.in_scale, 0, self._weight_for(q), self.weight_scale, self.weight_zero, None,
-            [self.stride] * 2, [self.padding] * 2, [1, 1], 1, 1.0, 0, torch.float32, "none", [], "")
-
-
 class _QuantConv:
     """One decoder convolution's per-sample part as a oneDNN u8 x s8 convolution with a fused sum and ReLU,
     float32 out in the next layer's quantization units; its skip part in float, or in int8 from the
@@ -193,7 +153,7 @@ class _QuantConv:
         w_x, w_s = _split(conv, per_sample_channels)
         post = g / out_scale                                                          # (out,)
         self.padding = conv.padding[0]
-        self.conv = _Int8Conv(w_x * post[:, None, None, None], in_scale, 1, self.padding)
+        self.conv = Int8Conv(w_x * post[:, None, None, None], None, in_scale, 1, self.padding)
         skip_weight = w_s * post[:, None, None, None]
         self.skip_weight = skip_weight.float().contiguous(memory_format=torch.channels_last)
         # bias + the previous BN's shift through this convolution (a map: zero padding), in output units
@@ -203,7 +163,7 @@ class _QuantConv:
         if skip_scale is not None:
             # the skip features are r + beta (the condition encoder folded like the decoder): r in int8, beta's
             # part a fixed map like the one above
-            self.skip_int8 = _Int8Conv(skip_weight, skip_scale, 1, self.padding)
+            self.skip_int8 = Int8Conv(skip_weight, None, skip_scale, 1, self.padding)
             self.skip_constant = self.constant + F.conv2d(_beta_map(skip_beta, size), skip_weight, None, 1,
                                                           conv.padding)[0].float()
 
@@ -245,7 +205,7 @@ class _Int8Encoder:
         for i, (conv, _) in enumerate(layers[1:], start=1):
             post = folded[i][0] / out_scales[i]
             w = conv.weight * post[:, None, None, None]
-            self.convs.append(_Int8Conv(w, scales[i - 1], conv.stride[0], conv.padding[0]))
+            self.convs.append(Int8Conv(w, None, scales[i - 1], conv.stride[0], conv.padding[0]))
             # bias + the previous BN's shift through this convolution: a map (zero padding), output units
             self.constants.append((F.conv2d(_beta_map(folded[i - 1][1].double(), size), conv.weight.double(),
                                             None, conv.stride, conv.padding)[0] * post[:, None, None]
