@@ -4,6 +4,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -242,7 +243,12 @@ def test_cpu_streams_keep_order_and_outputs(tmp_path, tiny_run):
         opts = BatchOptions(samples=3, output_dir=tmp_path / f"s{streams}", batch_size=2)
         found = discover([str(photos)])
         plan_outputs(found.items, opts)
-        results = list(colorize_items(found.items, colorizer, opts))
+        if streams == 1:
+            results = list(colorize_items(found.items, colorizer, opts))
+        else:   # loaded for the run (as the CLI does): its stream threads end with it, so the process can exit
+            results = list(colorize_items(found.items, None, opts, load=lambda: colorizer))
+            assert not colorizer.runs_concurrently
+            assert not [t for t in threading.enumerate() if t.name.startswith("colorize-model")]
         assert [Path(r.input).name for r in results] == [f"p{i}.png" for i in range(7)]
         assert [r.status for r in results] == ["done"] * 3 + ["failed"] + ["done"] * 3
         images[streams] = {p.name: cv2.imread(str(p)) for p in opts.output_dir.glob("*.png")}

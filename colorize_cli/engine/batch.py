@@ -79,6 +79,7 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer | None, opts: Ba
     pending_items = deque(items)
     pool = ThreadPoolExecutor(opts.workers, thread_name_prefix="colorize-io", initializer=_name_io_thread)
     interrupted = False
+    owned = colorizer is None   # loaded here: closed here (its stream threads end with the run)
     decoding: deque[Future] = deque()
     lookahead = max(2 * (opts.batch_size or default_batch_size("cpu")), opts.workers * 2)
 
@@ -182,6 +183,8 @@ def colorize_items(items: list[InputItem], colorizer: Colorizer | None, opts: Ba
     finally:
         # what was queued is dropped; a write under way is a temporary, which the interrupted run removes
         pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
+        if owned and colorizer is not None and not interrupted:
+            colorizer.close()
 
 
 def _release_decoded(decoding: deque[Future]) -> None:

@@ -303,6 +303,13 @@ class Colorizer:
                                                            vividness))
         return self._predict_here(l64, l224, samples, seeds, full, vividness)
 
+    def close(self) -> None:
+        """End the CPU streams' threads (after the batches given to them): a colorizer that is done with.
+        Predicting after this runs each batch in the caller's thread."""
+        pool, self._cpu_pool = self._cpu_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     @property
     def runs_concurrently(self) -> bool:
         """Whether predict_async returns before the batch is done (a GPU, or CPU streams)."""
