@@ -21,13 +21,14 @@ photo on), one 50 MP scan at 1.24 against 1.18 GiB (benchmarks/bench_memory.py),
 (``--samples 1``) at 1.44 against 1.26 GiB. Paired runs (4 each, 128 LFW photos): 11.94 s on average with
 these settings, 12.10 s without the top pad, 12.32 s with none.
 
-The exit: once its command has ended, the interpreter's own exit spent 0.23-0.25 s of a 128-photo run (11.5-12 s
+The exit: once its command has ended, the interpreter's own exit spent 0.23-0.29 s of a 128-photo run (11.5-12 s
 on the same CPU) after the last output, tearing down modules and freeing, one by one, objects whose memory
 the system takes back at once (torch's operator libraries among them). The program ends as that exit would,
 less the teardown: threads are waited for (the program's own are done by then), ``atexit`` functions run
 (Ray's shutdown, temporary folders), stdout and stderr are flushed, then ``os._exit`` with the command's
-status. Where any of that cannot be done the same way (a thread still running, a status that is not a
-number, a closed pipe on stdout), the interpreter exits as usual.
+status: 0.11-0.12 s, the system taking back the process's memory. Where any of that cannot be done the same
+way (a thread still running, a status that is not a number, a closed pipe on stdout), the interpreter exits
+as usual.
 
 All of this is for the program alone: in another process (a test session, a library user's) objects frozen
 now and dropped later would never have their cycles collected, the allocator is that process's to set, and
